@@ -1,0 +1,324 @@
+"""The one typed configuration tree of dist-geo.
+
+A run's configuration is built once: dataclass defaults (CosPlace's), then a YAML file, then
+`section.key=value` overrides from the command line, then `validate`. Every stage of the
+library receives the part of the tree it needs; nothing deeper reads argv or the environment.
+Choices and ranges live in each field's metadata so that the check and the declaration stay
+side by side.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dist_geo.errors import DistGeoError
+
+
+class ConfigError(DistGeoError, ValueError):
+    """A configuration value, key or file that cannot be used; the message names it."""
+
+
+def _choice(default: Any, *choices: Any) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+def _range(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
+    return field(default=default, metadata={"min": lo, "max": hi})
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentations (CosPlace: random resized crop + colour jitter)."""
+
+    brightness: float = _range(0.7, 0.0)
+    contrast: float = _range(0.7, 0.0)
+    saturation: float = _range(0.7, 0.0)
+    hue: float = _range(0.5, 0.0, 0.5)
+    crop_scale_min: float = _range(0.5, 0.01, 1.0)  # random resized crop scale [min, 1]
+    hflip: bool = False
+    night_light: bool = False  # per-channel scaling toward dark blue, then rescaled
+    night_light_p: float = _range(0.5, 0.0, 1.0)
+
+
+@dataclass
+class DataConfig:
+    """Where the images are, how places become classes and groups, and how batches are made."""
+
+    dataset: str = "runs/synth"  # root holding train/ val/ test/ in the VG layout
+    shards: str = ""  # shard folder; empty = <dataset>/../shards/<dataset name>
+    loader: str = _choice("dali", "dali", "torch")
+    image_size: int = _range(512, 16)  # training crop side
+    M: int = _range(10, 1)  # cell side in metres
+    alpha: int = _range(30, 1, 360)  # heading sector in degrees
+    N: int = _range(5, 1)  # cells per group side
+    L: int = _range(2, 1)  # heading sectors per group
+    groups_num: int = _range(8, 1)
+    min_images_per_class: int = _range(10, 1)
+    shard_size: int = _range(1000, 1)  # samples per tar
+    sampling: str = _choice("class_uniform", "class_uniform", "image_uniform")
+    num_workers: int = _range(2, 0)
+    skip_bad: bool = False  # skip and count unparsable names / corrupt samples instead of failing
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    fc_output_dim: int = _range(512, 1)
+    weights: str = ""  # local backbone (or whole-model) weights; empty = random init
+    train_all_layers: bool = False
+    gem_p: float = _range(3.0, 1.0)
+
+
+@dataclass
+class LossConfig:
+    name: str = _choice("cosface", "cosface", "arcface", "sphereface", "circle")
+    s: float = _range(30.0, 0.0)
+    m: float = _range(0.4, 0.0)
+    gamma: float = _range(64.0, 0.0)  # circle loss scale
+    easy_margin: bool = False  # arcface
+    sample_rate: float = _range(1.0, 0.0, 1.0)  # partial-FC negative class sampling
+
+
+@dataclass
+class OptimConfig:
+    name: str = _choice("adam", "adam", "adamw", "sgd")
+    lr: float = _range(1e-5, 0.0)  # backbone + aggregation
+    classifiers_lr: float = _range(1e-2, 0.0)  # margin heads
+    weight_decay: float = _range(0.0, 0.0)
+    momentum: float = _range(0.9, 0.0, 1.0)  # sgd only
+    clip_grad_norm: float = _range(0.0, 0.0)  # 0 = off
+
+
+@dataclass
+class SchedConfig:
+    name: str = _choice("none", "none", "cosine", "step")
+    T_max: int = _range(10, 1)  # cosine, in epochs
+    eta_min: float = _range(1e-6, 0.0)
+    step_size: int = _range(10, 1)  # step, in epochs
+    gamma: float = _range(0.1, 0.0)  # step decay
+    warmup_steps: int = _range(0, 0)  # linear warm-up, in iterations, before any schedule
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/train"
+    epochs_num: int = _range(50, 1)
+    iterations_per_epoch: int = _range(10000, 1)
+    batch_size: int = _range(32, 1)  # per rank
+    seed: int = 0
+    deterministic: bool = False
+    device: str = _choice("auto", "auto", "cpu", "cuda")
+    precision: str = _choice("fp32", "fp32", "bf16", "fp16")
+    zero_stage: int = _range(0, 0, 2)
+    checkpoint_every: int = _range(0, 0)  # steps; 0 = at epoch ends only
+    resume: bool = False
+    validate: bool = True  # val recall every epoch, best model by val recall@1
+    test: bool = True  # test and test-night at the end
+    log_every: int = _range(10, 1)
+
+
+@dataclass
+class EvalConfig:
+    positive_dist_threshold: float = _range(25.0, 0.0)
+    recall_values: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    batch_size: int = _range(32, 1)
+    image_size: int = _range(0, 0)  # resize the shorter side to this; 0 = native size
+    index: str = _choice("flat", "flat", "ivfpq", "hnsw")
+    index_shards: int = _range(0, 0)  # 0 = one per GPU, or per CPU rank/thread
+    fp16_index: bool = False
+    tta: str = _choice(
+        "none", "none", "hflip", "central_crop", "five_crops", "nearest_crop",
+        "majority_voting", "multiscale",
+    )
+    pca_dim: int = _range(0, 0)  # 0 = off
+    pca_whiten: bool = False
+    night_preprocess: str = _choice("none", "none", "brightness", "contrast", "equalize")
+    splits: list[str] = field(default_factory=lambda: ["test", "test-night"])
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = ""  # empty = sqlite:///<train.out>/mlflow.db, artifacts beside it
+    experiment: str = "dist-geo"
+    run_name: str = ""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` as type `tp`, accepting the loose spellings YAML produces (1e-5 is a str)."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            value = [value]
+        return [_coerce(v, item, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        return "" if value is None else str(value)
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _merge(node: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(node))
+    names = {f.name for f in dataclasses.fields(node)}
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{where}' (known: {', '.join(sorted(names))})")
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}")
+            _merge(current, value, where + ".")
+        else:
+            setattr(node, key, _coerce(value, hints[key], where))
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`loss.s=64` -> {"loss": {"s": 64}}; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not of the form section.key=value")
+    return _nest(key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Check every field's declared choices and range, recursively."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        where = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            validate(value, where + ".")
+            continue
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{where}={value!r} is not one of {', '.join(map(str, choices))}")
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if lo is not None and value < lo:
+            raise ConfigError(f"{where}={value!r} is below its minimum {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{where}={value!r} is above its maximum {hi}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def build_config(
+    path: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults <- `base` mapping <- YAML file <- `key=value` overrides, then validated."""
+    cfg = Config()
+    if base:
+        _merge(cfg, base, "")
+    if path:
+        try:
+            _merge(cfg, load_yaml(path), "")
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    for text in overrides:
+        _merge(cfg, parse_override(text), "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a validated Config from `to_dict` output (a saved run's config)."""
+    return build_config(base=values)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"loss": {"s": 30}} -> {"loss.s": 30}: the form MLflow params and Ray search spaces use."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+def bundled_config(name: str) -> Path:
+    """Path of a config shipped inside the package (dist_geo/configs/<name>.yaml)."""
+    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"no bundled config '{name}' (known: {', '.join(known)})")
+    return path
+
+
+__all__ = [
+    "AugmentConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig",
+    "ModelConfig", "OptimConfig", "SchedConfig", "TrackingConfig", "TrainConfig",
+    "build_config", "bundled_config", "flatten", "from_dict", "load_yaml", "parse_override",
+    "save_config", "to_dict", "validate",
+]
