@@ -1,0 +1,30 @@
+"""`dist-geo bench NAME [ARGS...]`: run `bench/NAME.py` of this checkout and let it print JSON.
+
+Benchmarks are scripts, not library code: they live beside the package in `bench/` (an
+editable install, as the README's, keeps them there) and are run here as `__main__`.
+"""
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+from dist_geo.errors import DistGeoError
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    names = sorted(p.stem for p in BENCH_DIR.glob("*.py")) if BENCH_DIR.is_dir() else []
+    parser.add_argument("name", help=f"benchmark to run ({', '.join(names) or 'none found'})")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+
+
+def main(args: argparse.Namespace) -> int:
+    script = BENCH_DIR / f"{args.name}.py"
+    if not script.is_file():
+        raise DistGeoError(f"{script}: no such benchmark (bench/ ships with a source checkout)")
+    sys.argv = [str(script), *args.args]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
