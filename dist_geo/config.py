@@ -63,6 +63,9 @@ class DataConfig:
     sampling: str = _choice("class_uniform", "class_uniform", "image_uniform")
     num_workers: int = _range(2, 0)
     skip_bad: bool = False  # skip and count unparsable names / corrupt samples instead of failing
+    shard_seed: int = 0  # order of the samples in the shards (written once, fixed)
+    shuffle_buffer: int = _range(1000, 1)  # samples in the loaders' shuffle buffer, per rank
+    strict: bool = False  # loaders: a corrupt sample raises instead of being skipped and counted
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
