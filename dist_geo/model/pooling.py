@@ -1,0 +1,40 @@
+"""The aggregation layers of CosPlace: L2 normalisation and generalised-mean (GeM) pooling.
+
+They keep CosPlace's parameter names (GeM's `p`) so released state dicts load unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class L2Norm(nn.Module):
+    """Unit-length vectors along `dim` (channels for feature maps and descriptors)."""
+
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, p=2.0, dim=self.dim)
+
+
+class GeM(nn.Module):
+    """Generalised mean over the spatial positions, (mean x^p)^(1/p), with a learnable `p`.
+
+    p=1 is average pooling and p→∞ max pooling; CosPlace starts from p=3. Activations are
+    clamped at `eps` so that the fractional power stays defined.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * p)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.avg_pool2d(x.clamp(min=self.eps).pow(self.p), (x.size(-2), x.size(-1)))
+        return pooled.pow(1.0 / self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p.item():.4f}, eps={self.eps}"
