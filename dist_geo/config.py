@@ -124,6 +124,8 @@ class TrainConfig:
     validate: bool = True  # val recall every epoch, best model by val recall@1
     test: bool = True  # test and test-night at the end
     log_every: int = _range(10, 1)
+    deepspeed_config: str = ""  # JSON merged over the DeepSpeed config derived from these keys
+    keep_epoch_checkpoints: bool = False  # also keep checkpoints/epoch_NNN at each epoch end
 
 
 @dataclass
