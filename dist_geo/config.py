@@ -143,6 +143,8 @@ class EvalConfig:
     )
     pca_dim: int = _range(0, 0)  # 0 = off
     pca_whiten: bool = False
+    pca_fit: str = _choice("train", "train", "database")  # descriptors the PCA is learnt on
+    pca_samples: int = _range(10000, 1)  # at most this many random training images for the PCA
     night_preprocess: str = _choice("none", "none", "brightness", "contrast", "equalize")
     splits: list[str] = field(default_factory=lambda: ["test", "test-night"])
 
