@@ -1,0 +1,56 @@
+"""`dist-geo tune SWEEP [key=value ...]`: run a Ray Tune sweep, tracked in MLflow.
+
+SWEEP is a sweep YAML file (schema in tuning/sweep.py) or the name of a bundled one
+(tuning/sweeps/: loss_study, margin_search, optim_ablation). The overrides change the sweep's
+base training config, e.g. `data.dataset=/data/sf_xl train.epochs_num=20`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dist_geo.config import ConfigError
+
+BUNDLED = Path(__file__).parent / "sweeps"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep", help="sweep YAML file, or a bundled sweep's name")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="changes of the base training config, e.g. data.dataset=/data/sf_xl",
+    )
+    parser.add_argument(
+        "--address", default=None,
+        help="an existing Ray cluster (e.g. 'auto'); default: a local Ray on this machine's CPUs",
+    )
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted sweep: finished trials are kept, unfinished ones resume",
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: the sweep's `out`)")
+
+
+def sweep_path(name: str) -> Path:
+    if name.endswith((".yaml", ".yml")):
+        return Path(name)
+    path = BUNDLED / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in BUNDLED.glob("*.yaml")))
+        raise ConfigError(f"no bundled sweep '{name}' (known: {known})")
+    return path
+
+
+def main(args: argparse.Namespace) -> int:
+    from tuning.runner import run_sweep
+    from tuning.sweep import load_sweep
+
+    sweep = load_sweep(sweep_path(args.sweep), args.overrides)
+    if args.out:
+        sweep.out = Path(args.out)
+    table = run_sweep(sweep, address=args.address, resume=args.resume)
+    if table.empty:
+        print(f"dist-geo tune: no trial of {sweep.path} reported {sweep.metric}")
+        return 1
+    print(f"best config: {sweep.out / 'best_config.yaml'}")
+    return 0

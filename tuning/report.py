@@ -1,0 +1,191 @@
+"""What a finished sweep leaves behind: the MLflow parent run, a ranked table, the best config.
+
+    <out>/results.csv          one row per trial, best first (its best epoch's metrics)
+    <out>/best_config.yaml     the winner's complete config: `dist-geo train --config` takes it
+    <out>/plots/*.png          the metric against each swept key; every trial's learning curve
+
+All three are also artifacts of the sweep's parent run, whose children are the trials' runs.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from ray.tune import ResultGrid
+from rich.console import Console
+from rich.table import Table
+
+from dist_geo.config import save_config
+from tuning.sweep import Sweep
+
+SWEEP_TAG = "tune.sweep_out"
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+
+def open_parent_run(sweep: Sweep, out: Path) -> ParentRun:
+    """The sweep's parent run: created once, found again by its output folder on resume."""
+    uri = sweep.base["tracking.uri"] or f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    name = sweep.base["tracking.experiment"]
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = (
+        experiment.experiment_id if experiment
+        else client.create_experiment(name, artifact_location=(out / "mlartifacts").as_uri())
+    )
+    found = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{out}'")
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    else:
+        run_id = client.create_run(
+            experiment_id, tags={MLFLOW_RUN_NAME: f"sweep-{sweep.name}", SWEEP_TAG: str(out)}
+        ).info.run_id
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in _sweep_params(sweep).items()])
+        client.log_artifact(run_id, str(sweep.path))
+    return ParentRun(uri, experiment_id, run_id)
+
+
+def _sweep_params(sweep: Sweep) -> dict[str, Any]:
+    params = {"metric": sweep.metric, "mode": sweep.mode, "num_samples": sweep.num_samples}
+    params.update({f"scheduler.{k}": v for k, v in sweep.scheduler.items()})
+    params.update({f"search.{k}": v for k, v in sweep.search.items()})
+    params.update({f"space.{k}": f"{d.kind}{list(d.values)}"[:500] for k, d in sweep.space.items()})
+    return params
+
+
+def ranked_table(sweep: Sweep, results: ResultGrid) -> pd.DataFrame:
+    """One row per trial at its best epoch, best first; swept keys as plain columns."""
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        if history is None or sweep.metric not in history:
+            continue
+        history = history.dropna(subset=[sweep.metric])
+        best = history.loc[history[sweep.metric].idxmax() if sweep.mode == "max"
+                           else history[sweep.metric].idxmin()]
+        rows.append({
+            "trial_id": result.metrics.get("trial_id", best.get("trial_id")),
+            **sweep.trial_overrides({k: result.config[k] for k in sweep.space}),
+            sweep.metric: best[sweep.metric],
+            "best_epoch": int(best.get("epoch", best["training_iteration"])),
+            "epochs_run": int(history["training_iteration"].max()),
+            "error": "" if result.error is None else type(result.error).__name__,
+        })
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table = table.sort_values(sweep.metric, ascending=sweep.mode == "min", kind="stable")
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
+def print_table(sweep: Sweep, table: pd.DataFrame, console: Console | None = None) -> None:
+    view = Table(title=f"sweep {sweep.name}: {sweep.metric} ({sweep.mode})")
+    for column in table.columns:
+        view.add_column(str(column), justify="right" if column in ("rank", sweep.metric) else "left")
+    for row in table.itertuples(index=False):
+        view.add_row(*(_cell(v) for v in row))
+    (console or Console()).print(view)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_best_config(sweep: Sweep, results: ResultGrid, table: pd.DataFrame, out: Path) -> Path:
+    """The best trial's config, training into `<out>/best`, not into the trial's own folder."""
+    best_id = table.iloc[0]["trial_id"]
+    params = next(r.config for r in results if r.metrics.get("trial_id") == best_id)
+    cfg = sweep.trial_config(
+        {k: params[k] for k in sweep.space},
+        {"train.out": str(out / "best"), "train.resume": False},
+    )
+    path = out / "best_config.yaml"
+    save_config(cfg, path)
+    return path
+
+
+def plot(sweep: Sweep, results: ResultGrid, table: pd.DataFrame, out: Path) -> list[Path]:
+    """Metric vs each swept key (one PNG per key) and all trials' learning curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = out / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key in [c for c in table.columns if c in sweep.base]:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        values = table[key]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            ax.scatter(values, table[sweep.metric])
+            positive = values.min() > 0 and values.max() / values.min() > 20
+            ax.set_xscale("log" if positive else "linear")
+        else:
+            labels = sorted(map(str, values.unique()))
+            ax.scatter([labels.index(str(v)) for v in values], table[sweep.metric])
+            ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+        ax.set_xlabel(key)
+        ax.set_ylabel(sweep.metric)
+        paths.append(_save(fig, folder / f"{sweep.metric}_vs_{key}.png"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for result in results:
+        history = result.metrics_dataframe
+        if history is not None and sweep.metric in history:
+            x = history["epoch"] if "epoch" in history else history["training_iteration"]
+            ax.plot(x, history[sweep.metric], marker="o", label=result.metrics.get("trial_id"))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(sweep.metric)
+    if len(results) <= 12:
+        ax.legend(fontsize=7)
+    paths.append(_save(fig, folder / "learning_curves.png"))
+    plt.close("all")
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(path)
+    return path
+
+
+def finish(sweep: Sweep, results: ResultGrid, parent: ParentRun, out: Path) -> pd.DataFrame:
+    """Table on the console, files in `out`, and all of it on the parent run."""
+    table = ranked_table(sweep, results)
+    client = MlflowClient(parent.tracking_uri)
+    if table.empty:
+        client.set_terminated(parent.run_id, RunStatus.to_string(RunStatus.FAILED))
+        return table
+    print_table(sweep, table)
+    csv = out / "results.csv"
+    table.to_csv(csv.with_suffix(".tmp"), index=False)
+    csv.with_suffix(".tmp").replace(csv)
+    artifacts = [csv, write_best_config(sweep, results, table, out)]
+    for path in artifacts:
+        client.log_artifact(parent.run_id, str(path))
+    for path in plot(sweep, results, table, out):
+        client.log_artifact(parent.run_id, str(path), "plots")
+    best = float(table.iloc[0][sweep.metric])
+    if math.isfinite(best):
+        client.log_batch(parent.run_id, metrics=[Metric(f"best_{sweep.metric}", best, 0, 0)])
+    client.set_tag(parent.run_id, "tune.best_trial", str(table.iloc[0]["trial_id"]))
+    client.set_terminated(parent.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return table

@@ -1,0 +1,142 @@
+"""Run a sweep with Ray Tune: shards once, Ray, the Tuner (or its restore), then the report.
+
+    <out>/ray/          Tune's experiment folder (state, per-trial results, checkpoints)
+    <out>/trials/<id>/  each trial's training folder (`train.out`)
+    <out>/mlflow.db     the sweep's MLflow store (unless `tracking.uri` is set), artifacts beside
+
+A sweep interrupted (Ctrl-C, a lost driver) resumes with `resume=True`: `Tuner.restore`
+keeps the finished trials as they are and restarts the unfinished ones from their last
+reported checkpoint (see tuning.trainable).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from dist_geo.config import ConfigError
+from tuning import report
+from tuning.sweep import Sweep, config_from_flat
+from tuning.trainable import TrialSpec, run_trial
+
+log = logging.getLogger(__name__)
+EXPERIMENT = "ray"
+
+
+def run_sweep(
+    sweep: Sweep, address: str | None = None, resume: bool = False, callbacks: Sequence = ()
+) -> pd.DataFrame:
+    """Run (or resume) `sweep`; return the ranked results table (also written to its `out`)."""
+    from ray import tune
+
+    out = sweep.out.resolve()
+    experiment = out / EXPERIMENT
+    _check_runnable(sweep, experiment, resume)
+    ensure_shards(sweep)
+    out.mkdir(parents=True, exist_ok=True)
+    parent = report.open_parent_run(sweep, out)
+    init_ray(address)
+    spec = TrialSpec(sweep, out, parent.tracking_uri, parent.experiment_id, parent.run_id)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=spec),
+        {key: float(value) for key, value in sweep.resources.items()},
+    )
+    if resume:
+        tuner = tune.Tuner.restore(
+            str(experiment), trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=sweep.param_space(),
+            tune_config=tune.TuneConfig(
+                metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+                scheduler=build_scheduler(sweep), search_alg=build_search(sweep),
+                max_concurrent_trials=sweep.max_concurrent_trials or None,
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT, storage_path=str(out), callbacks=list(callbacks),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    results = tuner.fit()
+    return report.finish(sweep, results, parent, out)
+
+
+def _check_runnable(sweep: Sweep, experiment: Path, resume: bool) -> None:
+    from ray import tune
+
+    if resume and not tune.Tuner.can_restore(str(experiment)):
+        raise ConfigError(f"{sweep.path}: nothing to resume in {experiment}")
+    if not resume and experiment.exists():
+        raise ConfigError(
+            f"{sweep.path}: {experiment} holds an earlier run of this sweep: pass --resume, "
+            "or set another out"
+        )
+
+
+def ensure_shards(sweep: Sweep) -> Path:
+    """Write the base config's shards once, before any trial, unless they are complete."""
+    from shards.manifest import MANIFEST, shards_dir
+
+    data_cfg = config_from_flat(sweep.base).data
+    folder = shards_dir(data_cfg)
+    if not (folder / MANIFEST).exists():
+        from shards.writer import write_shards
+
+        log.info("writing the shards of %s into %s", data_cfg.dataset, folder)
+        write_shards(data_cfg.dataset, folder, data_cfg)
+    return folder
+
+
+def init_ray(address: str | None) -> None:
+    """Join `address`, or start a local Ray on this machine's CPUs (no dashboard)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+
+
+def build_scheduler(sweep: Sweep):
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    options = {k: v for k, v in sweep.scheduler.items() if k != "name"}
+    name = sweep.scheduler["name"]
+    try:
+        if name == "asha":
+            options.setdefault("max_t", _max_epochs(sweep))
+            return ASHAScheduler(time_attr="training_iteration", **options)
+        if name == "pbt":
+            options.setdefault("perturbation_interval", 1)
+            mutations = {key: domain.to_mutation() for key, domain in sweep.space.items()}
+            return PopulationBasedTraining(
+                time_attr="training_iteration", hyperparam_mutations=mutations, **options
+            )
+    except TypeError as e:
+        raise ConfigError(f"{sweep.path}: scheduler {name}: {e}") from None
+    return None
+
+
+def _max_epochs(sweep: Sweep) -> int:
+    domain = sweep.space.get("train.epochs_num")
+    return int(max(domain.values)) if domain else int(sweep.base["train.epochs_num"])
+
+
+def build_search(sweep: Sweep):
+    seed = sweep.search.get("seed")
+    if sweep.search["name"] == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=seed)  # its default sampler is TPE
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed)

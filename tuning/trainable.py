@@ -1,0 +1,147 @@
+"""One Ray Tune trial = one real dist-geo training, in-process, on one worker.
+
+The trial trains into `<sweep out>/trials/<trial id>` with `dist_geo.train.train`. At every
+epoch end (the trainer's `on_epoch_end` hook, rank 0) it reports the epoch's metrics and the
+epoch's checkpoint folder to Tune, which is what ASHA reads to stop weak trials and what PBT
+copies to clone strong ones. A trial that Tune hands a checkpoint (PBT exploit, or a restored
+sweep) copies it into its own `checkpoints/last` and trains on with `train.resume=true`.
+
+Each trial is also a nested MLflow child run of the sweep's parent run: its swept params, its
+full config, per-epoch metrics and, at the end, its best checkpoint. The training's own MLflow
+tracking is switched off inside trials so that the sweep's store holds exactly one run per
+trial, found again by its `tune.trial_id` tag when the trial resumes.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from ray import tune
+
+from dist_geo.config import Config, save_config
+from dist_geo.distributed import single_process
+from tuning.sweep import Sweep
+
+TRIAL_TAG = "tune.trial_id"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial needs from the driver (pickled to the Ray workers)."""
+
+    sweep: Sweep
+    out: Path  # the sweep's output folder, absolute
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def trial_dir(out: Path, trial_id: str) -> Path:
+    return out / "trials" / trial_id
+
+
+def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
+    """The Tune function trainable (bound to `spec` with `tune.with_parameters`)."""
+    from dist_geo.train import train  # imported in the worker: the trainer pulls in DeepSpeed
+
+    context = tune.get_context()
+    out = trial_dir(spec.out, context.get_trial_id())
+    resume = _restore_checkpoint(out)
+    cfg = spec.sweep.trial_config(
+        params, {"train.out": str(out), "train.resume": resume, "tracking.enabled": False}
+    )
+    child = ChildRun.open(spec, context.get_trial_id(), context.get_trial_name(), params, cfg)
+
+    def on_epoch_end(epoch: int, metrics: dict, checkpoint_dir: Path) -> None:
+        scalars = {**_scalars(metrics), "epoch": epoch}
+        child.log_metrics(scalars, step=epoch)
+        tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    try:
+        result = train(cfg, single_process(cfg.train.device), on_epoch_end=on_epoch_end)
+    except SystemExit:  # Tune stops a trial (ASHA, PBT) by exiting its thread at a report
+        child.close(out, stopped_early=True)
+        raise
+    except BaseException:
+        child.close(out, failed=True)
+        raise
+    child.close(out, best_checkpoint=result.get("best_checkpoint"))
+
+
+def _restore_checkpoint(out: Path) -> bool:
+    """Copy the checkpoint Tune hands this trial (if any) to where `train.resume` looks."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return False
+    last = out / "checkpoints" / "last"
+    with tempfile.TemporaryDirectory(dir=out.parent) as staging:
+        checkpoint.to_directory(staging)
+        if last.exists():
+            shutil.rmtree(last)
+        last.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staging, last)
+    return True
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of a metrics dict (Tune and MLflow take nothing else)."""
+    return {
+        key: float(value) for key, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+@dataclass
+class ChildRun:
+    """The trial's nested MLflow run, driven through the client (no global active run)."""
+
+    client: MlflowClient
+    run_id: str
+
+    @classmethod
+    def open(
+        cls, spec: TrialSpec, trial_id: str, trial_name: str, params: dict[str, Any], cfg: Config
+    ) -> ChildRun:
+        client = MlflowClient(spec.tracking_uri)
+        found = client.search_runs(
+            [spec.experiment_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{spec.parent_run_id}' "
+            f"and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        )
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        else:
+            run_id = client.create_run(spec.experiment_id, tags={
+                MLFLOW_PARENT_RUN_ID: spec.parent_run_id, MLFLOW_RUN_NAME: trial_name,
+                TRIAL_TAG: trial_id, "tune.sweep": spec.sweep.name,
+            }).info.run_id
+            swept = spec.sweep.trial_overrides(params)
+            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in swept.items()])
+            with tempfile.TemporaryDirectory() as tmp:
+                save_config(cfg, Path(tmp) / "config.yaml")
+                client.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
+        return cls(client, run_id)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, [Metric(k, v, now, step) for k, v in metrics.items()])
+
+    def close(
+        self, out: Path, best_checkpoint: str | Path | None = None,
+        stopped_early: bool = False, failed: bool = False,
+    ) -> None:
+        best = Path(best_checkpoint) if best_checkpoint else out / "checkpoints" / "best"
+        if not failed and best.is_dir():
+            self.client.log_artifacts(self.run_id, str(best), "best_checkpoint")
+        self.client.set_tag(self.run_id, "tune.stopped_early", str(stopped_early).lower())
+        status = RunStatus.FAILED if failed else RunStatus.FINISHED
+        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
