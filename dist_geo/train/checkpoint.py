@@ -1,0 +1,353 @@
+"""The one module that writes and reads training checkpoints.
+
+Layout of one checkpoint (`<train.out>/checkpoints/{last,best,epoch_NNN}/`):
+
+    manifest.json                  written last: position, world size, metrics, MLflow run id,
+                                   groups' class counts and the sha256 of every file below
+    config.yaml                    the run's whole config (load_model rebuilds the network from it)
+    model.pt                       the network's state dict in fp32 (rank 0)
+    engine/optimizer.pt            the network optimizer's state (ZeRO 0: one file, rank 0)
+    engine/optimizer_rank{r:03d}.pt     ... or one partition per rank (ZeRO 1/2)
+    engine/scheduler.pt            the lr schedule's state
+    heads/group_{g:02d}/rank_{r:03d}.pt  rank r's rows of group g's head: {"weight", "optimizer"}
+    rng/rank_{r:03d}.pt            torch (and CUDA) RNG states of rank r
+    rng/rank_{r:03d}.json          python and numpy RNG states of rank r
+
+Files hold tensors and plain containers only and load with `torch.load(weights_only=True)`;
+everything else is JSON. A checkpoint is written into `.<name>.tmp` beside its final place by
+all ranks, then rank 0 hashes the files, writes the manifest and renames the folder (the old
+one is moved to `.<name>.old` and deleted after the rename, and reading falls back to it if a
+crash happened between the two renames). Ranks must share the filesystem of `train.out`.
+
+Heads are sharded by class (rank r holds rows `class_range(num_classes, r, world)`); a
+checkpoint written by W ranks is read by any number of ranks: `read_head` gathers the W shards
+of a group, weights and optimizer moments alike, and re-slices them with the model's `reslice`.
+`reslice_checkpoint` writes such a re-sliced copy to disk (a tool for moving runs between
+machines). The network's optimizer state re-slices only when it was not partitioned (ZeRO 0).
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dist_geo.config import Config, build_config, save_config
+from dist_geo.distributed import DistContext
+from dist_geo.errors import CheckpointError
+from shards.manifest import sha256_file, write_json_atomic
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Position:
+    """Where training continues: `batch` batches of epoch `epoch` are done, `step` in total."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+@dataclass
+class RunState:
+    """What a checkpoint records besides tensors (JSON in the manifest)."""
+
+    position: Position = field(default_factory=Position)
+    mlflow_run_id: str = ""
+    best_recall_at_1: float = -1.0
+    best_epoch: int = -1
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def head_file(group: int, rank: int) -> str:
+    return f"heads/group_{group:02d}/rank_{rank:03d}.pt"
+
+
+def _save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path)
+
+
+def _load(path: Path, expected_sha256: str | None) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file missing")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise CheckpointError(f"{path}: sha256 does not match the checkpoint manifest (corrupt)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle and format errors all mean "unusable file"
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({e})") from None
+
+
+def fp32_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+            for k, v in module.state_dict().items()}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    plain = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    return tensors, plain
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(
+    directory: Path,
+    ctx: DistContext,
+    cfg: Config,
+    state: RunState,
+    engine: Any,
+    heads: list[torch.nn.Module],
+    head_optimizers: list[torch.optim.Optimizer],
+) -> Path:
+    """Collective: every rank calls it; returns the final folder once rank 0 has renamed it."""
+    tmp = directory.parent / f".{directory.name}.tmp"
+    if ctx.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    ctx.barrier()
+    r = ctx.rank
+    if ctx.is_main:
+        save_config(cfg, tmp / "config.yaml")
+        _save(fp32_state_dict(engine.module), tmp / "model.pt")
+        _save(engine.lr_scheduler.state_dict(), tmp / "engine/scheduler.pt")
+    if cfg.train.zero_stage > 0:
+        _save(engine.optimizer.state_dict(), tmp / f"engine/optimizer_rank{r:03d}.pt")
+    elif ctx.is_main:
+        _save(engine.optimizer.state_dict(), tmp / "engine/optimizer.pt")
+    for g, (head, optimizer) in enumerate(zip(heads, head_optimizers)):
+        _save({"weight": head.weight.detach().cpu(), "optimizer": optimizer.state_dict()},
+              tmp / head_file(g, r))
+    tensors, plain = rng_state()
+    _save(tensors, tmp / f"rng/rank_{r:03d}.pt")
+    write_json_atomic(tmp / f"rng/rank_{r:03d}.json", plain)
+    ctx.barrier()
+    if ctx.is_main:
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "format": FORMAT,
+            "world_size": ctx.world_size,
+            "zero_stage": cfg.train.zero_stage,
+            "position": vars(state.position),
+            "mlflow_run_id": state.mlflow_run_id,
+            "best_recall_at_1": state.best_recall_at_1,
+            "best_epoch": state.best_epoch,
+            "metrics": state.metrics,
+            "groups": [{"num_classes": int(h.num_classes)} for h in heads],
+            "files": {str(p.relative_to(tmp)): sha256_file(p) for p in files},
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        _replace_dir(tmp, directory)
+    ctx.barrier()
+    return directory
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    old = dst.parent / f".{dst.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Rank 0 only: `dst` becomes a copy of the finished checkpoint `src` (e.g. last -> best)."""
+    tmp = dst.parent / f".{dst.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    _replace_dir(tmp, dst)
+
+
+def resolve(directory: str | Path) -> Path:
+    """The checkpoint folder to read: `directory`, or its `.old` twin after an interrupted swap."""
+    directory = Path(directory)
+    if (directory / MANIFEST).is_file():
+        return directory
+    old = directory.parent / f".{directory.name}.old"
+    if (old / MANIFEST).is_file():
+        return old
+    raise CheckpointError(f"{directory / MANIFEST}: no checkpoint manifest")
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    path = resolve(directory) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: manifest is not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {manifest.get('format')!r}")
+    return manifest
+
+
+def _read(directory: Path, manifest: dict[str, Any], name: str) -> Any:
+    return _load(directory / name, manifest["files"].get(name, ""))
+
+
+def read_head(
+    directory: Path, manifest: dict[str, Any], group: int, rank: int, world_size: int
+) -> dict[str, Any]:
+    """Rank `rank`'s part of group `group`'s head in a world of `world_size` (re-sliced if needed)."""
+    saved_world = manifest["world_size"]
+    if saved_world == world_size:
+        return _read(directory, manifest, head_file(group, rank))
+    parts = [_read(directory, manifest, head_file(group, r)) for r in range(saved_world)]
+    return reslice_head(parts, world_size)[rank]
+
+
+def reslice_head(parts: list[dict[str, Any]], new_world: int) -> list[dict[str, Any]]:
+    """Head shards {"weight", "optimizer"} of W ranks -> `new_world` shards of the same classes.
+
+    Optimizer tensors shaped like the weight (Adam moments, SGD momentum) are re-sliced with
+    it; the others (the step count) are the same on every rank and are copied.
+    """
+    from dist_geo.model.partial_fc import reslice
+
+    weights = reslice([p["weight"] for p in parts], new_world)
+    states = [p["optimizer"]["state"] for p in parts]
+    new_states: list[dict[Any, Any]] = [{} for _ in range(new_world)]
+    for param_id, first in states[0].items():
+        for r in range(new_world):
+            new_states[r][param_id] = {}
+        for key, value in first.items():
+            if torch.is_tensor(value) and value.shape == parts[0]["weight"].shape:
+                pieces = reslice([s[param_id][key] for s in states], new_world)
+            else:
+                pieces = [value] * new_world
+            for r in range(new_world):
+                new_states[r][param_id][key] = pieces[r]
+    param_groups = parts[0]["optimizer"]["param_groups"]
+    return [
+        {"weight": weights[r], "optimizer": {"state": new_states[r], "param_groups": param_groups}}
+        for r in range(new_world)
+    ]
+
+
+def reslice_checkpoint(src: str | Path, dst: str | Path, new_world: int) -> Path:
+    """Copy checkpoint `src` to `dst` with its heads re-sliced for `new_world` ranks.
+
+    The network's optimizer state must be unpartitioned (ZeRO 0); RNG states of ranks beyond
+    the old world are copied from rank 0 (their streams differ from an uninterrupted run).
+    """
+    src, dst = resolve(src), Path(dst)
+    manifest = read_manifest(src)
+    if manifest["zero_stage"] > 0 and manifest["world_size"] != new_world:
+        raise CheckpointError(
+            f"{src}: the optimizer state is partitioned by ZeRO stage {manifest['zero_stage']} "
+            f"over {manifest['world_size']} ranks and cannot be re-sliced"
+        )
+    tmp = dst.parent / f".{dst.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in manifest["files"]:
+        if not name.startswith(("heads/", "rng/")):
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, tmp / name)
+    for g in range(len(manifest["groups"])):
+        parts = [_read(src, manifest, head_file(g, r)) for r in range(manifest["world_size"])]
+        for r, part in enumerate(reslice_head(parts, new_world)):
+            _save(part, tmp / head_file(g, r))
+    for r in range(new_world):
+        old_r = r if r < manifest["world_size"] else 0
+        for ext in ("pt", "json"):
+            (tmp / "rng").mkdir(exist_ok=True)
+            shutil.copy2(src / f"rng/rank_{old_r:03d}.{ext}", tmp / f"rng/rank_{r:03d}.{ext}")
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    manifest["world_size"] = new_world
+    manifest["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in files}
+    write_json_atomic(tmp / MANIFEST, manifest)
+    _replace_dir(tmp, dst)
+    return dst
+
+
+def load_checkpoint(
+    directory: str | Path,
+    ctx: DistContext,
+    engine: Any,
+    heads: list[torch.nn.Module],
+    head_optimizers: list[torch.optim.Optimizer],
+) -> RunState:
+    """Restore everything `save_checkpoint` wrote into the live objects of this rank."""
+    directory = resolve(directory)
+    manifest = read_manifest(directory)
+    saved_world = manifest["world_size"]
+    if len(manifest["groups"]) != len(heads) or any(
+        g["num_classes"] != h.num_classes for g, h in zip(manifest["groups"], heads)
+    ):
+        raise CheckpointError(f"{directory / MANIFEST}: its groups and classes differ from the shards'")
+    model_state = _read(directory, manifest, "model.pt")
+    engine.module.load_state_dict(
+        {k: v.to(engine.module.state_dict()[k].dtype) for k, v in model_state.items()}
+    )
+    if manifest["zero_stage"] > 0:
+        if saved_world != ctx.world_size:
+            raise CheckpointError(
+                f"{directory}: ZeRO-partitioned optimizer state of {saved_world} ranks cannot be "
+                f"loaded by {ctx.world_size} ranks"
+            )
+        optim_state = _read(directory, manifest, f"engine/optimizer_rank{ctx.rank:03d}.pt")
+    else:
+        optim_state = _read(directory, manifest, "engine/optimizer.pt")
+    engine.optimizer.load_state_dict(optim_state)
+    engine.lr_scheduler.load_state_dict(_read(directory, manifest, "engine/scheduler.pt"))
+    for g, (head, optimizer) in enumerate(zip(heads, head_optimizers)):
+        part = read_head(directory, manifest, g, ctx.rank, ctx.world_size)
+        with torch.no_grad():
+            head.weight.copy_(part["weight"])
+        optimizer.load_state_dict(part["optimizer"])
+    rng_rank = ctx.rank if ctx.rank < saved_world else 0
+    tensors = _read(directory, manifest, f"rng/rank_{rng_rank:03d}.pt")
+    plain = json.loads((directory / f"rng/rank_{rng_rank:03d}.json").read_text())
+    set_rng_state(tensors, plain)
+    return RunState(
+        position=Position(**manifest["position"]),
+        mlflow_run_id=manifest["mlflow_run_id"],
+        best_recall_at_1=manifest["best_recall_at_1"],
+        best_epoch=manifest["best_epoch"],
+        metrics=manifest["metrics"],
+    )
+
+
+def load_config(directory: str | Path) -> Config:
+    return build_config(resolve(directory) / "config.yaml")
+
+
+def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The trained GeoLocalizationNet of a checkpoint folder, in eval mode on `device`.
+
+    The network is rebuilt from the checkpoint's own config (its `model.weights` file is not
+    needed: every weight comes from `model.pt`).
+    """
+    from dist_geo.model.network import build_model
+
+    directory = resolve(checkpoint_path)
+    manifest = read_manifest(directory)
+    cfg = load_config(directory)
+    cfg.model.weights = ""
+    model = build_model(cfg.model)
+    model.load_state_dict(_read(directory, manifest, "model.pt"))
+    return model.to(device).eval()

@@ -1,0 +1,56 @@
+"""`dist-geo train --config X.yaml key=value ...`: one rank of a training job.
+
+Run it as is for one process, or under a launcher for many (the launcher sets RANK,
+WORLD_SIZE, ...; see launch/README.md):
+    torchrun --standalone --nproc_per_node=2 -m dist_geo.train.cli --config demo train.out=runs/x
+    deepspeed --hostfile launch/hostfile -m dist_geo.train.cli --config ...   (passes --local_rank)
+After an elastic restart (torchrun --max-restarts, TORCHELASTIC_RESTART_COUNT > 0) the run
+resumes from checkpoints/last when it exists.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from dist_geo.cli import add_config_arguments, config_from_args
+from dist_geo.distributed import init_distributed, shutdown
+from dist_geo.train.launch import elastic_restart_count
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--result", help="write train()'s result as JSON to this file (rank 0)")
+    # The deepspeed launcher passes --local_rank=N; LOCAL_RANK in the environment says the same.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help=argparse.SUPPRESS)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    ctx = init_distributed(cfg.train.device)
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    last = Path(cfg.train.out) / "checkpoints" / "last" / "manifest.json"
+    if elastic_restart_count() > 0 and last.exists():
+        log.info("elastic restart %d: resuming from %s", elastic_restart_count(), last.parent)
+        cfg.train.resume = True
+    from dist_geo.train.trainer import train
+
+    try:
+        result = train(cfg, ctx)
+        if ctx.is_main and args.result:
+            Path(args.result).write_text(json.dumps(result, indent=1))
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":  # python -m dist_geo.train.cli ... (what torchrun -m runs)
+    from dist_geo.cli import main as dist_geo_main
+
+    sys.exit(dist_geo_main(["train", *sys.argv[1:]]))

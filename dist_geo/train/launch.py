@@ -1,0 +1,53 @@
+"""Launching training processes: local multi-process runs from Python, elastic restarts.
+
+`launch_local(cfg, nproc)` is what the demo and notebooks use to train with N processes on
+this machine: it saves the config, runs `python -m torch.distributed.run --standalone
+--nproc_per_node=N -m dist_geo.train.cli --config <yaml> --result <json>` (torchrun picks a
+free port) and returns rank 0's result dict. The same command line, with `--nnodes`,
+`--node_rank` and `--rdzv_endpoint`, is the multi-node launch (see launch/README.md).
+
+This module and dist_geo/distributed.py are the only ones reading the launcher's environment.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from dist_geo.config import Config, save_config
+from dist_geo.errors import DistGeoError
+
+
+def elastic_restart_count() -> int:
+    """How many times torchrun's elastic agent restarted this worker group (0 on a first start)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def launch_local(cfg: Config, nproc: int = 1, threads_per_process: int | None = None) -> dict[str, Any]:
+    """Train `cfg` with `nproc` processes on this machine (gloo on CPU, one GPU each with GPUs).
+
+    Blocks until training ends; the processes' output goes to this process's stdout/stderr.
+    `threads_per_process` sets OMP_NUM_THREADS for the workers (default: torchrun's choice, 1
+    when nproc > 1). Returns the dict `train` returned on rank 0; raises DistGeoError if the
+    job failed.
+    """
+    out = Path(cfg.train.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path, result_path = out / "launch_config.yaml", out / "result.json"
+    save_config(cfg, config_path)
+    result_path.unlink(missing_ok=True)
+    env = dict(os.environ)
+    if threads_per_process:
+        env["OMP_NUM_THREADS"] = str(threads_per_process)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "dist_geo.train.cli",
+        "--config", str(config_path), "--result", str(result_path),
+    ]
+    code = subprocess.run(command, env=env, check=False).returncode
+    if code != 0 or not result_path.exists():
+        raise DistGeoError(f"{out}: training with {nproc} processes failed (exit code {code})")
+    return json.loads(result_path.read_text())

@@ -1,0 +1,277 @@
+"""`train(cfg, ctx)`: CosPlace's training schedule on a DeepSpeed engine, with exact resume.
+
+One run, top to bottom:
+  shards manifest (groups, classes per group)        shards/manifest.py
+  network in a DeepSpeed engine, one head per group   engine.py, dist_geo/model/
+  for epoch k: group g = k mod groups_num              (CosPlace's schedule)
+      head g (and its optimizer state) -> device, the others stay on the CPU
+      iterations_per_epoch batches of group g's shards (every rank its own shards)
+      validation recall on `val` -> best checkpoint by recall@1
+      checkpoints/last (and best, epoch_NNN); MLflow; on_epoch_end hook
+  final test of the best model on eval.splits (test, test-night)
+
+Exact resume: a checkpoint holds the network, all heads, all optimizers, the lr schedule,
+every rank's RNG states and the loader position (epoch, batch); the loader is deterministic in
+(seed, epoch, rank) and skips the batches already done, so 1 epoch + resume + 1 epoch ends with
+the same weights as 2 epochs.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dist_geo.config import Config
+from dist_geo.distributed import DistContext
+from dist_geo.errors import CheckpointError
+from dist_geo.tracking import Tracker, peak_memory_mb
+from dist_geo.train import checkpoint as ckpt
+from dist_geo.train.engine import build_engine, step_head
+from dist_geo.train.optim import build_optimizer, build_scheduler, head_lr, set_lr
+
+log = logging.getLogger(__name__)
+
+EpochHook = Callable[[int, dict[str, float], Path], None]
+
+
+def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
+    """Same torch seed on every rank (identical network init), per-rank python/numpy streams."""
+    torch.manual_seed(seed)
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def move_head(head: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """A head and its optimizer's moments to `device` (in place: the optimizer keeps its params)."""
+    head.to(device)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                state[key] = value.to(device)
+
+
+def metric_prefix(split: str) -> str:
+    """`test-night` -> `test_night`: MLflow metric names without '-', '/' or '@'."""
+    return split.replace("-", "_").replace("/", "_")
+
+
+def run_evaluation(
+    model: torch.nn.Module, cfg: Config, ctx: DistContext, splits: list[str]
+) -> dict[str, float]:
+    """{"val_recall_at_1": %, ...} of `model` on `splits` (all ranks call it, all get the result)."""
+    from dist_geo.eval.evaluate import evaluate
+
+    results = evaluate(model, cfg.data.dataset, cfg, ctx, splits=splits)
+    return {
+        f"{metric_prefix(split)}_{key}": float(value)
+        for split, values in results.items() for key, value in values.items()
+    }
+
+
+def eval_copy(engine: Any) -> torch.nn.Module:
+    """The network in fp32 for evaluation (the engine's own module when it already is)."""
+    module = engine.module
+    if next(module.parameters()).dtype == torch.float32:
+        return module
+    return copy.deepcopy(module).float()
+
+
+class Trainer:
+    """The live objects of a run and the epoch loop over them (use `train`)."""
+
+    def __init__(self, cfg: Config, ctx: DistContext):
+        from dist_geo.model.network import build_model
+        from dist_geo.model.partial_fc import build_head
+        from shards.manifest import read_manifest, shards_dir
+
+        self.cfg, self.ctx = cfg, ctx
+        self.out = Path(cfg.train.out)
+        self.checkpoints = self.out / "checkpoints"
+        seed_everything(cfg.train.seed, ctx.rank, cfg.train.deterministic)
+        shard_manifest = read_manifest(shards_dir(cfg.data))  # DataError naming it if missing
+        groups = shard_manifest["groups"][: cfg.data.groups_num]
+        if len(groups) < cfg.data.groups_num and ctx.is_main:
+            log.warning("the shards hold %d groups, fewer than data.groups_num=%d",
+                        len(groups), cfg.data.groups_num)
+        model = build_model(cfg.model)
+        optimizer = build_optimizer(model.parameters(), cfg.optim, cfg.optim.lr)
+        scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.iterations_per_epoch)
+        self.engine = build_engine(model, optimizer, scheduler, cfg, ctx)
+        self.dtype = next(self.engine.module.parameters()).dtype
+        # One head per group, seeded per group; inactive heads and their states live on the CPU.
+        self.heads = [
+            build_head(cfg.loss, cfg.model.fc_output_dim, int(g["num_classes"]), ctx,
+                       seed=cfg.train.seed * 1000 + i).cpu()
+            for i, g in enumerate(groups)
+        ]
+        self.head_optimizers = [
+            build_optimizer(h.parameters(), cfg.optim, cfg.optim.classifiers_lr) for h in self.heads
+        ]
+        self.state = ckpt.RunState()
+        if cfg.train.resume:
+            last = self.checkpoints / "last"
+            try:
+                ckpt.resolve(last)
+            except CheckpointError:
+                raise CheckpointError(
+                    f"{last}: train.resume=true but there is no checkpoint to resume from"
+                ) from None
+            self.state = ckpt.load_checkpoint(
+                last, ctx, self.engine, self.heads, self.head_optimizers
+            )
+            if ctx.is_main:
+                log.info("resumed from %s at epoch %d batch %d (step %d)", last,
+                         self.state.position.epoch, self.state.position.batch,
+                         self.state.position.step)
+        self.tracker = Tracker(cfg, ctx, self.state.mlflow_run_id)
+        self.state.mlflow_run_id = self.tracker.run_id
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.heads)
+
+    def save(self, name: str) -> Path:
+        return ckpt.save_checkpoint(
+            self.checkpoints / name, self.ctx, self.cfg, self.state, self.engine,
+            self.heads, self.head_optimizers,
+        )
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """The iterations of one epoch on group `epoch mod groups_num`, from the saved batch on."""
+        from dist_geo.data.loader import build_train_loader
+
+        cfg, ctx, engine = self.cfg, self.ctx, self.engine
+        g = epoch % self.num_groups
+        head, head_optimizer = self.heads[g], self.head_optimizers[g]
+        move_head(head, head_optimizer, ctx.device)
+        head.sample_step = self.state.position.step
+        start = self.state.position.batch if self.state.position.epoch == epoch else 0
+        loader = build_train_loader(cfg, g, ctx, epoch, start_batch=start)
+        iterations = cfg.train.iterations_per_epoch
+        engine.train()
+        head.train()
+        bar = tqdm(total=iterations, initial=start, desc=f"epoch {epoch} (group {g})",
+                   disable=not ctx.is_main, dynamic_ncols=True, leave=False)
+        losses: list[float] = []
+        images_seen, started = 0, time.perf_counter()
+        for batch in range(start, iterations):
+            images, labels = next(loader)
+            descriptors = engine(images.to(self.dtype))
+            loss = head(descriptors.float(), labels)
+            engine.backward(loss)
+            lr = engine.get_lr()[0]  # the lr of this step (the scheduler steps inside engine.step)
+            set_lr(head_optimizer, head_lr(cfg.optim, lr))
+            engine.step()
+            step_head(engine, head, head_optimizer, cfg.optim.clip_grad_norm)
+            self.state.position = ckpt.Position(epoch, batch + 1, self.state.position.step + 1)
+            losses.append(loss.item())
+            images_seen += images.shape[0] * ctx.world_size
+            speed = images_seen / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{speed:.1f}")
+            bar.update()
+            step = self.state.position.step
+            if step % cfg.train.log_every == 0:
+                self.tracker.log_metrics(
+                    {"loss": losses[-1], "lr": lr, "classifiers_lr": head_lr(cfg.optim, lr),
+                     "images_per_s": speed}, step)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 \
+                    and batch + 1 < iterations:
+                self.save("last")
+        bar.close()
+        move_head(head, head_optimizer, torch.device("cpu"))
+        elapsed = time.perf_counter() - started
+        return {
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "images_per_s": images_seen / elapsed if elapsed > 0 else 0.0,
+            "epoch_time_s": elapsed,
+            "peak_memory_mb": peak_memory_mb(ctx.device),
+        }
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float], on_epoch_end: EpochHook | None) -> None:
+        """Validate, checkpoint (last, best, epoch_NNN), log, call the hook."""
+        cfg, ctx = self.cfg, self.ctx
+        if cfg.train.validate:
+            metrics.update(run_evaluation(eval_copy(self.engine), cfg, ctx, ["val"]))
+        recall = metrics.get("val_recall_at_1", float(epoch))  # no validation: latest is best
+        is_best = recall > self.state.best_recall_at_1
+        if is_best:
+            self.state.best_recall_at_1, self.state.best_epoch = recall, epoch
+        self.state.metrics = metrics
+        self.state.position = ckpt.Position(epoch + 1, 0, self.state.position.step)
+        last = self.save("last")
+        if ctx.is_main:
+            if is_best:
+                ckpt.copy_checkpoint(last, self.checkpoints / "best")
+            if cfg.train.keep_epoch_checkpoints:
+                ckpt.copy_checkpoint(last, self.checkpoints / f"epoch_{epoch:03d}")
+            self.tracker.log_metrics({**metrics, "epoch": epoch}, self.state.position.step)
+            log.info("epoch %d/%d (group %d): loss %.4f, %.1f images/s, %s%s", epoch + 1,
+                     cfg.train.epochs_num, epoch % self.num_groups, metrics["train_loss"],
+                     metrics["images_per_s"],
+                     f"val R@1 {metrics['val_recall_at_1']:.1f}" if cfg.train.validate else "",
+                     " (best)" if is_best else "")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, dict(metrics), last)
+        ctx.barrier()
+
+    def final_test(self) -> dict[str, float]:
+        """The best checkpoint's network on eval.splits (test, test-night)."""
+        from dist_geo.model.network import build_model
+
+        model = build_model(dataclasses.replace(self.cfg.model, weights="")).to(self.ctx.device)
+        best = ckpt.resolve(self.checkpoints / "best")
+        model.load_state_dict(torch.load(best / "model.pt", map_location="cpu", weights_only=True))
+        return run_evaluation(model, self.cfg, self.ctx, list(self.cfg.eval.splits))
+
+    def run(self, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
+        cfg = self.cfg
+        status = "FAILED"
+        try:
+            for epoch in range(self.state.position.epoch, cfg.train.epochs_num):
+                metrics = self.train_epoch(epoch)
+                self.end_epoch(epoch, metrics, on_epoch_end)
+            final = dict(self.state.metrics)
+            if cfg.train.test and cfg.eval.splits:
+                test = self.final_test()
+                final.update(test)
+                self.tracker.log_metrics(test, self.state.position.step)
+            if self.ctx.is_main:
+                best = self.checkpoints / "best"
+                for name in ("model.pt", "config.yaml", "manifest.json"):
+                    self.tracker.log_artifacts(best / name, "best_checkpoint")
+                self.tracker.log_loss_plot(self.out)
+            status = "FINISHED"
+        finally:
+            self.tracker.finish(status)
+        return {
+            "metrics": final,
+            "best_checkpoint": str(self.checkpoints / "best"),
+            "last_checkpoint": str(self.checkpoints / "last"),
+            "best_epoch": self.state.best_epoch,
+            "steps": self.state.position.step,
+            "mlflow_run_id": self.state.mlflow_run_id,
+        }
+
+
+def train(cfg: Config, ctx: DistContext, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
+    """Train as `cfg` says on this rank (every rank of the job calls it with the same cfg).
+
+    Returns {"metrics": last epoch's and test metrics, "best_checkpoint": path,
+    "last_checkpoint": path, "best_epoch", "steps", "mlflow_run_id"}.
+    `on_epoch_end(epoch, metrics, checkpoint_dir)` runs on rank 0 after each epoch's checkpoint
+    (`checkpoint_dir` is checkpoints/last, overwritten by the next epoch: copy it to keep it).
+    """
+    return Trainer(cfg, ctx).run(on_epoch_end)
