@@ -159,8 +159,8 @@ def build_groups(
         log.info("groups read from cache %s", cache)
     if len(arrays["class_ids"]) == 0:
         raise DataError(
-            f"{Path(records[0].path).parent}: no class has >= {min_images_per_class} images "
-            f"with M={M}, alpha={alpha} ({len(records)} images)"
+            f"no class has >= {min_images_per_class} images with M={M}, alpha={alpha} among "
+            f"{len(records)} images (e.g. {records[0].path})"
         )
     return _to_groups(records, arrays)
 

@@ -1,0 +1,29 @@
+"""Shared fixtures.
+
+`tiny_world`: the synthetic world's `tiny` preset (seed 0), built once per test session in a
+few seconds (dist_geo.data.synth.write_world). It is a dataset in the VG layout:
+
+- train/ (in sub-folders 000/ 001/ 002/, listed by train_images_paths.txt): 2400 images of
+  48x48 px, 200 panoramas x 12 headings 30 degrees apart, on the streets of a 120 m x 120 m area.
+- val/ and test/ (other areas of the city, east of train): database/ 164 images (41 panoramas
+  every 10 m x 4 headings), queries/ 24 images; test/queries_night/ 24 night images. Every
+  folder has its `<folder>_images_paths.txt`; world.json holds the parameters and counts.
+
+DataConfig overrides that suit it: data.image_size=48 (or smaller), data.M=10 data.alpha=30
+data.min_images_per_class=3 with either data.N=5 data.L=2 (40 groups of 6-12 classes, so
+data.groups_num <= 40) or data.N=2 data.L=1 (3 groups of 96-240 classes, groups_num <= 3).
+min_images_per_class=2 keeps 612 classes (2232 images), =4 keeps 240 classes (1296 images).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dist_geo.data.synth import write_world
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root folder of the tiny synthetic world (read-only: tests must not write into it)."""
+    return write_world(tmp_path_factory.mktemp("tiny_world"), seed=0, preset="tiny")
