@@ -81,10 +81,8 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = _choice("cosface", "cosface", "arcface", "sphereface", "circle")
-    # s, m: negative = the selected loss's published default (dist_geo/model/margins.py:
-    # cosface 30/0.4, arcface 64/0.5, sphereface 30/1.5, circle m 0.25; circle has no s)
-    s: float = _range(-1.0)
-    m: float = _range(-1.0)
+    s: float = _range(30.0, 0.0)
+    m: float = _range(0.4, 0.0)
     gamma: float = _range(64.0, 0.0)  # circle loss scale
     easy_margin: bool = False  # arcface
     sample_rate: float = _range(1.0, 0.0, 1.0)  # partial-FC negative class sampling

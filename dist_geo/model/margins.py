@@ -6,7 +6,8 @@ entry by entry, so they work on ANY subset of the class columns: a rank holding 
 of classes passes its columns and a target mask that is all-False on rows whose class lives
 elsewhere. That is what lets partial_fc.py shard the head.
 
-Definitions (theta = arccos(cos), clamped to [-1+EPS, 1-EPS] so the gradient stays finite):
+Definitions, with their published parameters on the right (theta = arccos(cos), clamped to
+[-1+EPS, 1-EPS] so the gradient stays finite):
 - CosFace  (Wang et al. 2018): target s*(cos - m), others s*cos.                  s=30, m=0.4
 - ArcFace  (Deng et al. 2019): target s*cos(theta + m) while theta + m <= pi, i.e.
   cos > cos(pi - m); beyond it s*(cos - m*sin(m)) keeps the target logit decreasing in theta
@@ -34,12 +35,6 @@ import torch
 from dist_geo.config import ConfigError, LossConfig
 
 EPS = 1e-7
-PUBLISHED_DEFAULTS: dict[str, dict[str, float]] = {
-    "cosface": {"s": 30.0, "m": 0.4},
-    "arcface": {"s": 64.0, "m": 0.5},
-    "sphereface": {"s": 30.0, "m": 1.5},
-    "circle": {"m": 0.25},
-}
 MarginFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -89,18 +84,22 @@ def circle(cos: torch.Tensor, target: torch.Tensor, m: float, gamma: float) -> t
 
 
 def margin_from_config(loss_cfg: LossConfig) -> MarginFn:
-    """The margin function `loss_cfg` selects, with its s/m (negative = published default)."""
-    if loss_cfg.name not in PUBLISHED_DEFAULTS:
-        raise ConfigError(f"loss.name={loss_cfg.name!r} is not one of {', '.join(PUBLISHED_DEFAULTS)}")
-    defaults = PUBLISHED_DEFAULTS[loss_cfg.name]
-    m = loss_cfg.m if loss_cfg.m >= 0 else defaults["m"]
-    if loss_cfg.name == "circle":
-        return functools.partial(circle, m=m, gamma=loss_cfg.gamma)
-    s = loss_cfg.s if loss_cfg.s >= 0 else defaults["s"]
+    """The margin function `loss.name` selects, with `loss.s`, `loss.m` (and `loss.gamma`).
+
+    The config's s/m defaults are CosFace's (30, 0.4); the other losses' published values
+    (above) are set explicitly, e.g. `loss.name=arcface loss.s=64 loss.m=0.5`.
+    """
+    s, m = loss_cfg.s, loss_cfg.m
     if loss_cfg.name == "cosface":
         return functools.partial(cosface, s=s, m=m)
     if loss_cfg.name == "arcface":
         return functools.partial(arcface, s=s, m=m, easy_margin=loss_cfg.easy_margin)
-    if m < 1:
-        raise ConfigError(f"loss.m={m} is below 1: SphereFace's margin multiplies the angle")
-    return functools.partial(sphereface, s=s, m=m)
+    if loss_cfg.name == "sphereface":
+        if m < 1:
+            raise ConfigError(
+                f"loss.m={m} is below 1: SphereFace multiplies the angle by m (published: 1.5)"
+            )
+        return functools.partial(sphereface, s=s, m=m)
+    if loss_cfg.name == "circle":
+        return functools.partial(circle, m=m, gamma=loss_cfg.gamma)
+    raise ConfigError(f"loss.name={loss_cfg.name!r} is not one of cosface, arcface, sphereface, circle")

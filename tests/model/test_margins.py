@@ -57,14 +57,14 @@ def with_weight(loss_fn, head):
 
 
 def test_cosface_matches_pml():
-    head, x, y = head_and_batch("cosface")
+    head, x, y = head_and_batch("cosface")  # config defaults: s=30, m=0.4
     ref = with_weight(losses.CosFaceLoss(C, D, margin=0.4, scale=30), head)
     assert_same(ours(head, x, y), pml(ref, x, y))
 
 
 @pytest.mark.parametrize("m", [0.5, 0.2])
 def test_arcface_matches_pml_including_threshold_branch(m):
-    head, x, y = head_and_batch("arcface", m=m)
+    head, x, y = head_and_batch("arcface", s=64.0, m=m)
     cos = F.normalize(x.detach()) @ F.normalize(head.weight.detach()).t()
     assert (cos[torch.arange(B), y] < math.cos(math.pi - m)).sum() == 3
     ref = with_weight(losses.ArcFaceLoss(C, D, margin=np.degrees(m), scale=64), head)
@@ -72,7 +72,7 @@ def test_arcface_matches_pml_including_threshold_branch(m):
 
 
 def test_arcface_easy_margin_matches_dense_reference():
-    head, x, y = head_and_batch("arcface", easy_margin=True)
+    head, x, y = head_and_batch("arcface", s=64.0, m=0.5, easy_margin=True)
     s, m = 64.0, 0.5
     cos = F.normalize(x) @ F.normalize(head.weight.detach()).t()
     sin = (1 - cos**2).clamp(min=0).sqrt()
@@ -85,7 +85,7 @@ def test_arcface_easy_margin_matches_dense_reference():
 
 @pytest.mark.parametrize("m", [2, 4])
 def test_sphereface_integer_margin_matches_pml(m):
-    head, x, y = head_and_batch("sphereface", m=m)
+    head, x, y = head_and_batch("sphereface", s=30.0, m=m)
     ref = with_weight(losses.SphereFaceLoss(C, D, margin=m, scale=30), head)
     x_unit = F.normalize(x)  # PML scales logits by the embedding norm: unit vectors match ours
     (ref_grad,) = torch.autograd.grad(ref(x_unit, y), x)
@@ -95,7 +95,7 @@ def test_sphereface_integer_margin_matches_pml(m):
 
 
 def test_sphereface_fractional_margin_matches_dense_reference():
-    head, x, y = head_and_batch("sphereface")  # published default m=1.5, s=30
+    head, x, y = head_and_batch("sphereface", s=30.0, m=1.5)  # published values
     s, m = 30.0, 1.5
     cos = F.normalize(x) @ F.normalize(head.weight.detach()).t()
     theta = torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
@@ -113,14 +113,14 @@ def test_circle_matches_pml_with_class_weights_as_proxies(reducer):
     """PML's CircleLoss with ref_emb = class weights, ref_labels = arange(C): each anchor has one
     positive (its proxy), so softplus(lse_n - logit_p) is our softmax CE. PML's default reducer
     (AvgNonZero) drops anchors whose loss is exactly 0; here none is, so both reducers agree."""
-    head, x, y = head_and_batch("circle")  # m=0.25, gamma=64
+    head, x, y = head_and_batch("circle", m=0.25, gamma=64.0)  # published values
     kw = {"reducer": reducer} if reducer is not None else {}
     ref = losses.CircleLoss(m=0.25, gamma=64, **kw)
     proxies = head.weight.detach().clone()
     assert_same(ours(head, x, y), pml(ref, x, y, ref_emb=proxies, ref_labels=torch.arange(C)))
 
 
-def test_published_defaults_and_overrides():
+def test_overrides_and_bad_sphereface_margin():
     head, x, y = head_and_batch("cosface", s=10.0, m=0.1)
     ref = with_weight(losses.CosFaceLoss(C, D, margin=0.1, scale=10), head)
     assert_same(ours(head, x, y), pml(ref, x, y))

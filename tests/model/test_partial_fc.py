@@ -16,7 +16,13 @@ from dist_geo.model import partial_fc
 from dist_geo.model.partial_fc import build_head, class_range, init_rows, reslice
 
 torch.set_num_threads(1)
-LOSSES = ("cosface", "arcface", "sphereface", "circle")
+PUBLISHED = {  # each loss with its published parameters
+    "cosface": {"s": 30.0, "m": 0.4},
+    "arcface": {"s": 64.0, "m": 0.5},
+    "sphereface": {"s": 30.0, "m": 1.5},
+    "circle": {"m": 0.25, "gamma": 64.0},
+}
+LOSSES = tuple(PUBLISHED)
 WORLD, B, K, D, C = 2, 4, 6, 8, 7  # C odd: shards of 4 and 3 classes
 
 
@@ -35,7 +41,7 @@ def problem():
 def dense_reference(name: str):
     """Single process, whole batch, whole head: the numbers every rank must reproduce."""
     images, labels, backbone, weight = problem()
-    head = build_head(LossConfig(name=name), D, C, single_process())
+    head = build_head(LossConfig(name=name, **PUBLISHED[name]), D, C, single_process())
     head.weight.data = weight.clone()
     embeddings = backbone(images)
     embeddings.retain_grad()
@@ -53,7 +59,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
     results = {}
     for name in LOSSES:
         backbone.zero_grad()
-        head = build_head(LossConfig(name=name), D, C, ctx)
+        head = build_head(LossConfig(name=name, **PUBLISHED[name]), D, C, ctx)
         head.weight.data = weight[head.class_start: head.class_end].clone()
         embeddings = backbone(images[mine])
         embeddings.retain_grad()
