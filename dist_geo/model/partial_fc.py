@@ -142,7 +142,8 @@ class ShardedMarginHead(nn.Module):
     """One group's margin classifier, this rank's class rows only (see the module docstring).
 
     forward(local_embeddings [B, D], local_labels [B]) -> scalar loss, the mean over the global
-    batch of world*B samples, identical on all ranks. Every rank must pass the same B.
+    batch of world*B samples, identical on all ranks. Every rank must pass the same B, call the
+    heads in the same order and run backward (the gather's backward is a collective).
     """
 
     def __init__(
@@ -203,13 +204,14 @@ class ShardedMarginHead(nn.Module):
             index, target_col = self._sample(target_col)
             weight = weight[index]
             self.sample_step += 1
-        # cosines in float32 whatever the autocast/engine precision: the softmax needs the range
-        cos = F.linear(F.normalize(embeddings.float()), F.normalize(weight.float()))
-        target = torch.zeros_like(cos, dtype=torch.bool)
-        rows = (target_col >= 0).nonzero(as_tuple=True)[0]
-        target[rows, target_col[rows]] = True
-        logits = self.margin(cos, target)
-        return _ShardedSoftmaxCE.apply(logits, target_col, self.world_size > 1)
+        # float32 whatever the engine's precision or autocast: s=64 logits need the range
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            cos = F.linear(F.normalize(embeddings.float()), F.normalize(weight.float()))
+            target = torch.zeros_like(cos, dtype=torch.bool)
+            rows = (target_col >= 0).nonzero(as_tuple=True)[0]
+            target[rows, target_col[rows]] = True
+            logits = self.margin(cos, target)
+            return _ShardedSoftmaxCE.apply(logits, target_col, self.world_size > 1)
 
     @torch.no_grad()
     def full_weight(self) -> torch.Tensor:

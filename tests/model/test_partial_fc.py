@@ -171,3 +171,14 @@ def test_labels_out_of_range_are_refused():
     head = build_head(LossConfig(), D, C, single_process())
     with pytest.raises(ValueError, match=r"labels must be in \[0, 7\)"):
         head(torch.randn(2, D), torch.tensor([0, 7]))
+
+
+def test_bf16_embeddings_under_autocast_give_a_float32_loss():
+    images, labels, backbone, weight = problem()
+    head = build_head(LossConfig(), D, C, single_process())
+    x = backbone(images).detach().to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head(x, labels)
+    loss.backward()
+    assert loss.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    assert_close(loss, head(x.detach().float(), labels))
