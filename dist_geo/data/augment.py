@@ -1,0 +1,76 @@
+"""Training augmentations shared by the DALI and torch loaders: one set of constants, one order.
+
+Both loaders apply, per sample and in this order (cfg.data.augment):
+1. random resized crop to image_size, area scale in [crop_scale_min, 1], aspect ratio in
+   CROP_RATIO (torchvision's defaults);
+2. colour jitter: brightness, contrast, saturation factors in [max(0, 1-x), 1+x], hue shift in
+   [-hue, hue] of a full turn (torchvision's convention; DALI takes degrees: `hue_degrees`);
+3. horizontal flip with probability 0.5 when `hflip`;
+4. night light with probability `night_light_p` when `night_light`: each channel of the RGB
+   image (0..1) is scaled by NIGHT_LIGHT_GAINS, darker and toward blue, and the result is
+   the image the normalisation sees (still in the 0..1 range, so no clipping is needed);
+5. normalisation with the ImageNet mean and std, to float32 CHW.
+Because step 4 is a per-channel gain right before step 5, the DALI loader folds it into
+crop_mirror_normalize's per-sample mean and std: (x*g - m)/s == (x - m/g)/(s/g).
+"""
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+from dist_geo.config import AugmentConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_RATIO = (3 / 4, 4 / 3)
+NIGHT_LIGHT_GAINS = (0.30, 0.38, 0.62)  # R, G, B: a dark, blue-tinted street at night
+
+
+def jitter_range(strength: float) -> tuple[float, float]:
+    """The factor range of a brightness/contrast/saturation jitter of `strength`."""
+    return max(0.0, 1.0 - strength), 1.0 + strength
+
+
+def hue_degrees(hue: float) -> float:
+    """torchvision's hue jitter (fraction of a turn) in DALI's unit (degrees)."""
+    return hue * 360.0
+
+
+def flip_probability(aug: AugmentConfig) -> float:
+    return 0.5 if aug.hflip else 0.0
+
+
+def night_light_probability(aug: AugmentConfig) -> float:
+    return aug.night_light_p if aug.night_light else 0.0
+
+
+class NightLight(torch.nn.Module):
+    """Per-channel gains toward dark blue on a float CHW image in 0..1 (augmentation step 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("gains", torch.tensor(NIGHT_LIGHT_GAINS).view(3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image * self.gains
+
+
+def torch_transform(aug: AugmentConfig, image_size: int) -> v2.Compose:
+    """Steps 1-5 as torchvision v2 transforms, from a uint8 CHW image tensor."""
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), ratio=CROP_RATIO,
+                             antialias=True),
+        v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast,
+                       saturation=aug.saturation, hue=aug.hue),
+        v2.RandomHorizontalFlip(flip_probability(aug)),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomApply([NightLight()], p=night_light_probability(aug)),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+__all__ = [
+    "CROP_RATIO", "IMAGENET_MEAN", "IMAGENET_STD", "NIGHT_LIGHT_GAINS", "NightLight",
+    "flip_probability", "hue_degrees", "jitter_range", "night_light_probability",
+    "torch_transform",
+]

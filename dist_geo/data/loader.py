@@ -1,0 +1,134 @@
+"""`build_train_loader`: the batches of one CosPlace group for one rank, from its shards.
+
+The contract both backends keep (cfg.data.loader = "dali" | "torch"):
+- iterating yields `(images, labels)`: images float32 [B, 3, S, S], ImageNet-normalised and
+  augmented (dist_geo/data/augment.py), labels int64 [B] = local class index in the group,
+  both on ctx.device (B = cfg.train.batch_size, S = cfg.data.image_size);
+- endless within an epoch: passes over the rank's shards follow each other (the trainer
+  takes cfg.train.iterations_per_epoch batches);
+- deterministic given (cfg.train.seed, epoch, rank, world size, cfg.data.num_workers);
+  `start_batch` skips that many batches, so a resumed epoch continues with the batches the
+  interrupted one would have produced;
+- each rank reads its own part of the group: whole shards (shard i goes to rank i % world)
+  when there are at least as many shards as ranks, else every world-th sample (DALI always
+  splits by samples: `shard_id`/`num_shards`);
+- `num_classes` is the group's class count; a corrupt sample (unreadable tar member or
+  image) is skipped, logged with its shard and key, and counted in `stats()`; with
+  `cfg.data.strict` it raises DataError instead.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from dist_geo.config import Config
+from dist_geo.distributed import DistContext
+from dist_geo.errors import DataError
+from shards.manifest import group_entry, read_manifest, shards_dir
+from shards.reading import Fault
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_FAULTS = 20
+
+
+class TrainLoader(Protocol):
+    num_classes: int
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def stats(self) -> dict: ...
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 62-bit seed from integers (train seed, epoch, rank, worker, ...)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 2)
+
+
+@dataclass(frozen=True)
+class RankShards:
+    """A group's shards (path, sample count) and which part of them this rank reads."""
+
+    all_shards: list[tuple[str, int]]
+    num_classes: int
+    rank: int
+    world: int
+
+    @property
+    def by_shard(self) -> bool:
+        return len(self.all_shards) >= self.world
+
+    @property
+    def shards(self) -> list[tuple[str, int]]:
+        """The shards this rank opens (all of them when splitting by samples)."""
+        return self.all_shards[self.rank::self.world] if self.by_shard else self.all_shards
+
+    @property
+    def sample_rank(self) -> int:
+        return 0 if self.by_shard else self.rank
+
+    @property
+    def sample_world(self) -> int:
+        return 1 if self.by_shard else self.world
+
+
+def rank_shards(out_dir: str | Path, group_index: int, ctx: DistContext) -> RankShards:
+    out_dir = Path(out_dir)
+    entry = group_entry(read_manifest(out_dir), group_index, out_dir)
+    files = [(str(out_dir / s["file"]), int(s["samples"])) for s in entry["shards"]]
+    if not files:
+        raise DataError(f"{out_dir}: group {group_index} has no shards")
+    return RankShards(files, int(entry["num_classes"]), ctx.rank, ctx.world_size)
+
+
+class FaultCounter:
+    """Corrupt samples met by a loader: logged once with shard and key, counted, fatal if strict.
+
+    An endless stream meets the same bad sample on every pass: it counts once, and
+    `occurrences` says how often it was skipped.
+    """
+
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.faults: dict[Fault, int] = {}
+
+    def add_all(self, faults: list[Fault]) -> None:
+        for fault in faults:
+            if self.strict:
+                raise DataError(f"corrupt sample (data.strict=true): {fault}")
+            if fault not in self.faults:
+                log.warning("corrupt sample skipped: %s", fault)
+            self.faults[fault] = self.faults.get(fault, 0) + 1
+
+    def stats(self) -> dict:
+        return {
+            "corrupt_samples": len(self.faults),
+            "occurrences": sum(self.faults.values()),
+            "faults": [str(f) for f in list(self.faults)[:MAX_LISTED_FAULTS]],
+        }
+
+
+def build_train_loader(cfg: Config, group_index: int, ctx: DistContext, epoch: int,
+                       start_batch: int = 0) -> TrainLoader:
+    """The endless batch stream of group `group_index` for this rank in `epoch` (see above)."""
+    share = rank_shards(shards_dir(cfg.data), group_index, ctx)
+    seed = derive_seed(cfg.train.seed, epoch, ctx.rank)
+    if cfg.data.loader == "dali":
+        from dist_geo.data.loader_dali import DaliTrainLoader
+
+        return DaliTrainLoader(share, cfg, seed, ctx, start_batch)
+    from dist_geo.data.loader_torch import TorchTrainLoader
+
+    return TorchTrainLoader(share, cfg, seed, ctx.device, start_batch)
+
+
+__all__ = ["FaultCounter", "RankShards", "TrainLoader", "build_train_loader", "derive_seed",
+           "rank_shards"]

@@ -1,0 +1,170 @@
+"""The training loader on webdataset + torchvision.transforms.v2 (where DALI is not installable).
+
+Per rank, one endless stream: passes over the rank's shards, each pass in a new seeded order,
+split across DataLoader workers (as `wds.split_by_worker`), read sample by sample
+(shards/reading.py, so faults carry shard and key), shuffled in a seeded buffer
+(`wds.shuffle`), decoded and augmented (dist_geo/data/augment.py) and batched inside the
+worker. The DataLoader takes batches from its workers in turn, so batch i comes from worker
+i % W and the stream is a function of (seed, rank, worker count) alone: every random choice
+is seeded, the augmentation of sample n of worker w by seed (seed, w, n). That is also what
+makes `start_batch` cheap and exact: each worker skips its share of the samples before
+decoding them.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.io import ImageReadMode, decode_image
+
+from dist_geo.config import Config
+from dist_geo.data.augment import torch_transform
+from dist_geo.data.loader import FaultCounter, RankShards, derive_seed
+from dist_geo.errors import DataError
+from shards.manifest import decode_label
+from shards.reading import Fault, ShardReadError, iter_samples
+
+
+@dataclass(frozen=True)
+class _Shard:
+    url: str
+    samples: int
+    offset: int  # position of its first sample in the group's sequence
+
+
+class ShardStream(IterableDataset):
+    """Batches {"images", "labels", "keys", "faults"} of one rank's share of a group's shards.
+
+    `passes=None` streams endlessly; `decode=False` yields keys and labels only (one pass of
+    it is what a rank sees per pass over its shards, used to check coverage).
+    """
+
+    def __init__(self, share: RankShards, cfg: Config, seed: int, start_batch: int = 0,
+                 passes: int | None = None, decode: bool = True):
+        super().__init__()
+        offsets = itertools.accumulate([s for _, s in share.shards], initial=0)
+        self.shards = [_Shard(url, n, off) for (url, n), off in zip(share.shards, offsets)]
+        self.rank, self.world = share.sample_rank, share.sample_world
+        self.seed, self.start_batch, self.passes, self.decode = seed, start_batch, passes, decode
+        self.batch_size = cfg.train.batch_size
+        self.buffer = cfg.data.shuffle_buffer
+        self.transform = torch_transform(cfg.data.augment, cfg.data.image_size)
+        self.faults: list[Fault] = []
+
+    def _shard_order(self) -> Iterator[_Shard]:
+        """Pass after pass over the shards, each pass in its own seeded order."""
+        for p in itertools.count() if self.passes is None else range(self.passes):
+            order = list(self.shards)
+            random.Random(derive_seed(self.seed, p)).shuffle(order)
+            yield from order
+
+    def _read(self, shards: Iterator[_Shard]) -> Iterator[dict]:
+        barren = 0  # shards in a row that gave nothing: a pass of them means nothing is readable
+        for shard in shards:
+            count = kept = 0
+            try:
+                for pos, sample in enumerate(iter_samples(shard.url), shard.offset):
+                    count += 1
+                    if pos % self.world == self.rank:  # sample-level split, see RankShards
+                        kept += 1
+                        yield sample
+            except ShardReadError as e:
+                self.faults.append(e.fault)
+            if count != shard.samples:
+                self.faults.append(Fault(shard.url, "", f"{count} samples instead of {shard.samples}"))
+            barren = 0 if kept else barren + 1
+            if barren > len(self.shards):
+                raise DataError(f"{shard.url}: none of this rank's {len(self.shards)} shards has a readable sample")
+
+    def _decode(self, samples: Iterator[dict], role: int, skip: int) -> Iterator[dict]:
+        for n, sample in enumerate(samples):
+            if n < skip:
+                continue
+            try:
+                item = {"key": sample["__key__"], "label": decode_label(sample["cls"])}
+                if self.decode:
+                    data = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(derive_seed(self.seed, role, n))
+                        item["image"] = self.transform(decode_image(data, mode=ImageReadMode.RGB))
+            except (KeyError, ValueError, RuntimeError) as e:
+                fault = f"missing member .{e.args[0]}" if isinstance(e, KeyError) else str(e).splitlines()[-1]
+                self.faults.append(Fault(sample["__url__"], sample["__key__"], fault))
+                continue
+            yield item
+
+    def _batch(self, items: Iterator[dict]) -> Iterator[dict]:
+        for chunk in wds.batched(self.batch_size, collation_fn=list, partial=True)(items):
+            batch = {
+                "keys": [it["key"] for it in chunk],
+                "labels": torch.tensor([it["label"] for it in chunk], dtype=torch.int64),
+                "faults": self.faults[:],
+            }
+            if self.decode:
+                batch["images"] = torch.stack([it["image"] for it in chunk])
+            self.faults.clear()
+            yield batch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader asks worker 0 first: after skipping `start_batch` batches, worker 0
+        # must produce batch `start_batch`, so workers take the roles rotated by it.
+        role = (worker + self.start_batch) % workers
+        skip_samples = len(range(role, self.start_batch, workers)) * self.batch_size
+        pipeline = wds.DataPipeline(
+            self._shard_order,
+            lambda shards: itertools.islice(shards, role, None, workers),
+            self._read,
+            wds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(derive_seed(self.seed, role))),
+            lambda samples: self._decode(samples, role, skip_samples),
+            self._batch,
+        )
+        return iter(pipeline)
+
+
+class TorchTrainLoader:
+    """The torch backend of `build_train_loader` (see dist_geo/data/loader.py for the contract)."""
+
+    def __init__(self, share: RankShards, cfg: Config, seed: int, device: torch.device,
+                 start_batch: int = 0):
+        self.num_classes = share.num_classes
+        self.device = device
+        self.faults = FaultCounter(cfg.data.strict)
+        stream = ShardStream(share, cfg, seed, start_batch=start_batch)
+        workers = cfg.data.num_workers
+        self._loader = DataLoader(
+            stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+            persistent_workers=False, prefetch_factor=2 if workers else None,
+        )
+        self._iter = iter(self._loader)
+
+    def __iter__(self) -> TorchTrainLoader:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = next(self._iter)
+        self.faults.add_all(batch["faults"])
+        return (batch["images"].to(self.device, non_blocking=True),
+                batch["labels"].to(self.device, non_blocking=True))
+
+    def stats(self) -> dict:
+        return self.faults.stats()
+
+
+def pass_keys(share: RankShards, cfg: Config, seed: int) -> tuple[list[tuple[str, int]], list[Fault]]:
+    """(key, label) of every sample one pass over this rank's share yields, and the faults met."""
+    stream = ShardStream(share, cfg, seed, passes=1, decode=False)
+    keys, faults = [], []
+    for batch in stream:
+        keys += list(zip(batch["keys"], batch["labels"].tolist()))
+        faults += batch["faults"]
+    return keys, faults + stream.faults
+
+
+__all__ = ["ShardStream", "TorchTrainLoader", "pass_keys"]

@@ -1,0 +1,104 @@
+"""The shard folder's layout and its manifest, shared by the writer, the verifier and the loaders.
+
+    <out>/manifest.json                      written last: the folder is complete when it exists
+    <out>/shard_params.json                  written first: what the shards are made of
+    <out>/group_{g:02d}/shard-{i:06d}.tar    WebDataset tars: <key>.jpg, <key>.json, <key>.cls
+    <out>/group_{g:02d}/shard-{i:06d}.idx    DALI's index of the tar beside it (wds2idx format)
+
+`<key>.cls` is the local class index as 8 little-endian bytes (int64), so that DALI reads it
+as a dense int64 tensor of one element and webdataset needs no text parsing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dist_geo.config import DataConfig
+from dist_geo.errors import DataError
+
+MANIFEST = "manifest.json"
+PARAMS = "shard_params.json"
+LABEL_DTYPE = np.dtype("<i8")
+SAMPLE_EXTENSIONS = ("jpg", "json", "cls")
+
+
+def shards_dir(data_cfg: DataConfig) -> Path:
+    """`data.shards`, or `<dataset>/../shards/<dataset name>` when it is empty."""
+    if data_cfg.shards:
+        return Path(data_cfg.shards)
+    dataset = Path(data_cfg.dataset).resolve()
+    return dataset.parent / "shards" / dataset.name
+
+
+def group_dir(out_dir: Path, group_index: int) -> Path:
+    return out_dir / f"group_{group_index:02d}"
+
+
+def shard_name(shard_index: int) -> str:
+    return f"shard-{shard_index:06d}.tar"
+
+
+def index_path(tar: Path) -> Path:
+    return tar.with_suffix(".idx")
+
+
+def encode_label(label: int) -> bytes:
+    return np.array([label], dtype=LABEL_DTYPE).tobytes()
+
+
+def decode_label(data: bytes) -> int:
+    if len(data) != LABEL_DTYPE.itemsize:
+        raise ValueError(f".cls has {len(data)} bytes instead of {LABEL_DTYPE.itemsize}")
+    return int(np.frombuffer(data, dtype=LABEL_DTYPE)[0])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a complete shard folder; DataError names the folder if there is none."""
+    path = Path(out_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: no shard manifest (write the shards first: dist-geo shard <dataset> {out_dir})"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: manifest is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or "groups" not in manifest:
+        raise DataError(f"{path}: manifest has no 'groups' entry")
+    return manifest
+
+
+def group_entry(manifest: dict[str, Any], group_index: int, out_dir: Path) -> dict[str, Any]:
+    groups = manifest["groups"]
+    if not 0 <= group_index < len(groups):
+        raise DataError(
+            f"{out_dir / MANIFEST}: no group {group_index} (the shards hold {len(groups)} groups; "
+            f"rewrite them with a larger data.groups_num)"
+        )
+    return groups[group_index]
+
+
+__all__ = [
+    "LABEL_DTYPE", "MANIFEST", "PARAMS", "SAMPLE_EXTENSIONS", "decode_label", "encode_label",
+    "group_dir", "group_entry", "index_path", "read_manifest", "sha256_file", "shard_name",
+    "shards_dir", "write_json_atomic",
+]

@@ -1,0 +1,74 @@
+"""Reading the samples of one shard, with faults named by shard and sample key.
+
+webdataset's own tar expander hands its error handler an exception that names the tar but not
+the member being read, so a truncated shard could not be reported by key. This reader (used by
+`verify_shards` and the torch loader) streams the tar with `tarfile` and groups the members of
+a sample by key, as webdataset does (`<key>.<ext>`, members of a key contiguous).
+"""
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One unusable sample (or shard, when `key` is empty) and why."""
+
+    shard: str
+    key: str
+    fault: str
+
+    def __str__(self) -> str:
+        return f"{self.shard}: sample '{self.key}': {self.fault}" if self.key else f"{self.shard}: {self.fault}"
+
+
+class ShardReadError(Exception):
+    def __init__(self, fault: Fault):
+        super().__init__(str(fault))
+        self.fault = fault
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """`dir/abc.json` -> (`dir/abc`, `json`): the extension is everything after the first dot."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    return (name, "") if dot < 0 else (name[:dot], name[dot + 1:])
+
+
+def iter_samples(shard: str | Path) -> Iterator[dict[str, Any]]:
+    """The samples of a tar as dicts {"__key__", "__url__", ext: bytes, ...}, in tar order.
+
+    A tar that cannot be read to its end (truncated, garbage) raises ShardReadError naming the
+    shard and the key of the member being read; the samples before it have been yielded.
+    """
+    url = str(shard)
+    sample: dict[str, Any] | None = None
+    key, in_member = "", False
+    try:
+        with tarfile.open(url, mode="r|") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                key, ext = split_key(info.name)
+                if sample is not None and sample["__key__"] != key:
+                    yield sample
+                    sample = None
+                if sample is None:
+                    sample = {"__key__": key, "__url__": url}
+                in_member = True
+                sample[ext] = tar.extractfile(info).read()
+                in_member = False
+    except (tarfile.TarError, OSError, EOFError) as e:
+        if in_member or sample is None:
+            raise ShardReadError(Fault(url, key, f"unreadable tar member ({e})")) from None
+        # The members read so far are whole: hand their sample on, then name where it broke.
+        yield sample
+        raise ShardReadError(Fault(url, "", f"unreadable tar after sample '{key}' ({e})")) from None
+    if sample is not None:
+        yield sample
+
+__all__ = ["Fault", "ShardReadError", "iter_samples", "split_key"]

@@ -1,0 +1,80 @@
+"""Check a shard folder against its manifest: checksum, sample count, readable members, images.
+
+Every image is decoded (PIL, fully), so this reads and decodes the whole folder once; each
+fault is reported by shard and sample key.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from shards.manifest import SAMPLE_EXTENSIONS, decode_label, index_path, read_manifest, sha256_file
+from shards.reading import Fault, ShardReadError, iter_samples
+
+
+@dataclass
+class VerifyReport:
+    shards: int = 0
+    samples: int = 0
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+
+def _check_sample(sample: dict, num_classes: int) -> str:
+    """What is wrong with one sample, or "" when nothing is."""
+    missing = [ext for ext in SAMPLE_EXTENSIONS if ext not in sample]
+    if missing:
+        return f"missing member(s) {', '.join('.' + m for m in missing)}"
+    try:
+        label = decode_label(sample["cls"])
+        with Image.open(io.BytesIO(sample["jpg"])) as im:
+            im.load()
+    except (OSError, ValueError, SyntaxError) as e:
+        return f"corrupt: {e}"
+    if not 0 <= label < num_classes:
+        return f"class index {label} outside 0..{num_classes - 1}"
+    return ""
+
+
+def _verify_shard(tar: Path, entry: dict, num_classes: int, report: VerifyReport) -> None:
+    name = str(tar)
+    if not tar.exists():
+        report.faults.append(Fault(name, "", "missing"))
+        return
+    if not index_path(tar).exists():
+        report.faults.append(Fault(name, "", "missing DALI index"))
+    if sha256_file(tar) != entry["sha256"]:
+        report.faults.append(Fault(name, "", "checksum differs from the manifest"))
+    count = 0
+    try:
+        for sample in iter_samples(tar):
+            count += 1
+            fault = _check_sample(sample, num_classes)
+            if fault:
+                report.faults.append(Fault(name, sample["__key__"], fault))
+    except ShardReadError as e:
+        report.faults.append(e.fault)
+    if count != entry["samples"]:
+        report.faults.append(Fault(name, "", f"{count} samples instead of {entry['samples']}"))
+    report.samples += count
+
+
+def verify_shards(out_dir: str | Path) -> VerifyReport:
+    """Check every tar the manifest of `out_dir` lists; DataError if there is no manifest."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    report = VerifyReport()
+    for group in manifest["groups"]:
+        for entry in group["shards"]:
+            report.shards += 1
+            _verify_shard(out_dir / entry["file"], entry, int(group["num_classes"]), report)
+    return report
+
+
+__all__ = ["VerifyReport", "verify_shards"]
