@@ -30,6 +30,15 @@ from shards.manifest import decode_label
 from shards.reading import Fault, ShardReadError, iter_samples
 
 
+def decode_rgb(data: bytes) -> torch.Tensor:
+    """A uint8 [3, H, W] image from encoded bytes; ValueError saying why it cannot be decoded."""
+    try:
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as e:
+        # torchvision prefixes "<function>, <source file>:<line>, " to libjpeg's message.
+        raise ValueError(f"undecodable image: {str(e).split(', ', 2)[-1]}") from None
+
+
 @dataclass(frozen=True)
 class _Shard:
     url: str
@@ -88,11 +97,11 @@ class ShardStream(IterableDataset):
             try:
                 item = {"key": sample["__key__"], "label": decode_label(sample["cls"])}
                 if self.decode:
-                    data = torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8)
+                    image = decode_rgb(sample["jpg"])
                     with torch.random.fork_rng(devices=[]):
                         torch.manual_seed(derive_seed(self.seed, role, n))
-                        item["image"] = self.transform(decode_image(data, mode=ImageReadMode.RGB))
-            except (KeyError, ValueError, RuntimeError) as e:
+                        item["image"] = self.transform(image)
+            except (KeyError, ValueError) as e:
                 fault = f"missing member .{e.args[0]}" if isinstance(e, KeyError) else str(e).splitlines()[-1]
                 self.faults.append(Fault(sample["__url__"], sample["__key__"], fault))
                 continue
@@ -167,4 +176,4 @@ def pass_keys(share: RankShards, cfg: Config, seed: int) -> tuple[list[tuple[str
     return keys, faults + stream.faults
 
 
-__all__ = ["ShardStream", "TorchTrainLoader", "pass_keys"]
+__all__ = ["ShardStream", "TorchTrainLoader", "decode_rgb", "pass_keys"]

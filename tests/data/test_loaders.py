@@ -8,6 +8,7 @@ import torch
 from dist_geo.config import build_config
 from dist_geo.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from dist_geo.data.loader import build_train_loader, rank_shards
+from dist_geo.data.loader_dali import dali_pass_keys
 from dist_geo.data.loader_torch import pass_keys
 from dist_geo.data.synth.writer import write_world
 from dist_geo.distributed import DistContext, single_process
@@ -46,8 +47,10 @@ def take(loader, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [next(loader) for _ in range(n)]
 
 
-def test_torch_batches_follow_the_contract(shard_dir):
-    cfg = config(shard_dir, "data.loader=torch")
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_batches_follow_the_contract(shard_dir, backend):
+    cfg = config(shard_dir, f"data.loader={backend}", "data.augment.hflip=true",
+                 "data.augment.night_light=true")
     loader = build_train_loader(cfg, 0, single_process(), epoch=0)
     assert loader.num_classes == 9
     batches = take(loader, 12)  # 96 samples: more than one pass (72), so it must not end
@@ -60,23 +63,30 @@ def test_torch_batches_follow_the_contract(shard_dir):
     assert loader.stats()["corrupt_samples"] == 0
 
 
-@pytest.mark.parametrize("shard_size", [16, 100])  # 5 shards: split by shard; 1: by sample
-def test_two_ranks_see_every_sample_once_per_pass(world, tmp_path, shard_size):
-    cfg = config(tmp_path, "data.loader=torch", f"data.shard_size={shard_size}")
+@pytest.mark.parametrize("backend,shard_size", [
+    ("torch", 16), ("torch", 100), ("dali", 16)])  # 5 shards: split by shard; 1: by sample
+def test_two_ranks_see_every_sample_once_per_pass(world, tmp_path, backend, shard_size):
+    cfg = config(tmp_path, f"data.loader={backend}", f"data.shard_size={shard_size}")
     write_shards(world, tmp_path, cfg.data)
     all_shards = rank_shards(tmp_path, 0, single_process()).all_shards
     assert (len(all_shards) >= 2) == (shard_size == 16)
     expected = [s["__key__"] for path, _ in all_shards for s in iter_samples(path)]
     seen = []
     for r in range(2):
-        keys, faults = pass_keys(rank_shards(tmp_path, 0, rank(r)), cfg, seed=r)
-        assert not faults and keys
+        share = rank_shards(tmp_path, 0, rank(r))
+        if backend == "torch":
+            keys, faults = pass_keys(share, cfg, seed=r)
+            assert not faults
+        else:
+            keys = dali_pass_keys(share, cfg, seed=r, ctx=rank(r))
+        assert keys
         seen += [k for k, _ in keys]
     assert sorted(seen) == sorted(expected) and len(set(seen)) == len(seen)
 
 
-def test_torch_deterministic_and_exact_resume_with_workers(shard_dir):
-    cfg = config(shard_dir, "data.loader=torch", "data.num_workers=2")
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_deterministic_and_exact_resume_with_workers(shard_dir, backend):
+    cfg = config(shard_dir, f"data.loader={backend}", "data.num_workers=2")
     first = take(build_train_loader(cfg, 0, single_process(), epoch=3), 5)
     again = take(build_train_loader(cfg, 0, single_process(), epoch=3), 5)
     resumed = take(build_train_loader(cfg, 0, single_process(), epoch=3, start_batch=3), 2)

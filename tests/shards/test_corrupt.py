@@ -51,7 +51,7 @@ def test_verify_clean_then_reports_shard_and_key(train_root, data_cfg, tmp_path,
     assert f"{bad_jpeg}: sample '{bad_key}'" in printed and str(cut) in printed
 
 
-@pytest.mark.parametrize("backend", ["torch"])
+@pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_loader_skips_counts_and_names_corrupt_samples(train_root, shard_overrides, tmp_path, backend):
     out = tmp_path / "shards"
     cfg = build_config(overrides=[*shard_overrides, f"data.shards={out}", f"data.loader={backend}",

@@ -1,0 +1,239 @@
+"""The training loader as a DALI pipeline: GPU decode and augmentation when there is a GPU, the
+same operators on the CPU when there is none (`device_id=None`), one output contract.
+
+`fn.readers.webdataset` reads the group's tars through their wds2idx index files; DALI splits
+the samples in `num_shards` contiguous parts and this rank keeps part `shard_id`
+(`stick_to_shard`, as the torch loader keeps its shards); it shuffles within a buffer
+(`initial_fill`, the layout already shuffled samples across shards) and pads the last batch
+(`pad_last_batch`) so every rank's pass has whole batches; `reader_name` lets
+DALIGenericIterator end a pass, after which the next pass starts (endless stream). The
+augmentations are those of dist_geo/data/augment.py; the night light is folded into
+crop_mirror_normalize's per-sample mean and std.
+
+Corrupt data: a DALI pipeline cannot skip a sample, it stops. So shards are checked against
+their index before the pipeline is built (a truncated tar is left out), and when decoding
+fails the rank's shards are scanned for undecodable images, which are left out of rewritten
+index files (in a temporary folder); the pipeline is rebuilt and the pass continues. Each such
+sample is reported by shard and key like the torch loader's.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from dist_geo.config import AugmentConfig, Config
+from dist_geo.data.augment import (
+    CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS, flip_probability, hue_degrees,
+    jitter_range, night_light_probability,
+)
+from dist_geo.data.loader import FaultCounter, RankShards
+from dist_geo.data.loader_torch import decode_rgb
+from dist_geo.distributed import DistContext
+from dist_geo.errors import DataError
+from shards.manifest import index_path
+from shards.reading import Fault, ShardReadError, iter_samples
+
+log = logging.getLogger(__name__)
+
+READER = "shards"
+SOURCE_INFO_BYTES = 512  # "<tar>:<offset>:<key>.jpg", padded so DALIGenericIterator gets a dense tensor
+
+
+def _constant(values) -> types.Constant:
+    return types.Constant(np.asarray(values, dtype=np.float32))
+
+
+def _augment(jpegs, aug: AugmentConfig, image_size: int, gpu: bool):
+    """Decode + augmentation steps 1-5 of dist_geo/data/augment.py."""
+    images = fn.decoders.image_random_crop(
+        jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
+        random_area=[aug.crop_scale_min, 1.0], random_aspect_ratio=list(CROP_RATIO),
+    )
+    images = fn.resize(images, resize_x=image_size, resize_y=image_size)
+    hue = hue_degrees(aug.hue)
+    images = fn.color_twist(
+        images,
+        brightness=fn.random.uniform(range=jitter_range(aug.brightness)),
+        contrast=fn.random.uniform(range=jitter_range(aug.contrast)),
+        saturation=fn.random.uniform(range=jitter_range(aug.saturation)),
+        hue=fn.random.uniform(range=[-hue, hue]),
+    )
+    night = fn.cast(fn.random.coin_flip(probability=night_light_probability(aug)), dtype=types.FLOAT)
+    gains = 1.0 + night * (_constant(NIGHT_LIGHT_GAINS) - 1.0)  # 1 where no night light
+    return fn.crop_mirror_normalize(
+        images, dtype=types.FLOAT, output_layout="CHW",
+        mean=_constant(IMAGENET_MEAN) * 255.0 / gains, std=_constant(IMAGENET_STD) * 255.0 / gains,
+        mirror=fn.random.coin_flip(probability=flip_probability(aug)),
+    )
+
+
+@pipeline_def
+def _train_pipeline(tars: list[str], indexes: list[str], shard_id: int, num_shards: int,
+                    initial_fill: int, aug: AugmentConfig, image_size: int, gpu: bool,
+                    keys_only: bool = False):
+    jpegs, labels = fn.readers.webdataset(
+        paths=tars, index_paths=indexes, ext=["jpg", "cls"], dtypes=[types.UINT8, types.INT64],
+        missing_component_behavior="error", random_shuffle=True, initial_fill=initial_fill,
+        shard_id=shard_id, num_shards=num_shards, stick_to_shard=True, pad_last_batch=True,
+        name=READER,
+    )
+    if keys_only:
+        info = fn.get_property(jpegs, key="source_info")
+        return fn.pad(info, axes=[0], shape=[SOURCE_INFO_BYTES], fill_value=0), labels
+    return _augment(jpegs, aug, image_size, gpu), labels
+
+
+def _index_entries(idx: Path) -> list[str]:
+    """The sample lines of a wds2idx index (after the `v1.2 <count>` header)."""
+    return idx.read_text().splitlines()[1:]
+
+
+def _entry_key_end(entry: str) -> tuple[str, int]:
+    """(key, end offset of its last member) of an index line `ext offset size name ...`."""
+    fields = entry.split()
+    members = [fields[i:i + 4] for i in range(0, len(fields), 4)]
+    ext, name = members[0][0], members[0][3]
+    return name[:-len(ext) - 1], max(int(off) + int(size) for _, off, size, _ in members)
+
+
+def _truncation(tar: str) -> Fault | None:
+    """A fault when the tar is shorter than its index says (or it or its index is missing)."""
+    idx = index_path(Path(tar))
+    try:
+        size = Path(tar).stat().st_size
+        entries = _index_entries(idx)
+    except OSError as e:
+        return Fault(tar, "", f"unreadable shard or index ({e})")
+    for entry in entries:
+        key, end = _entry_key_end(entry)
+        if end > size:
+            return Fault(tar, key, f"truncated tar (ends at byte {size}, this sample at {end}); shard left out")
+    return None
+
+
+def _undecodable(tar: str) -> tuple[set[str], list[Fault]]:
+    """Keys of the samples of `tar` whose image does not decode, and their faults."""
+    bad, faults = set(), []
+    try:
+        for sample in iter_samples(tar):
+            try:
+                decode_rgb(sample["jpg"])
+            except (KeyError, ValueError) as e:
+                bad.add(sample["__key__"])
+                fault = f"missing member .{e.args[0]}" if isinstance(e, KeyError) else str(e)
+                faults.append(Fault(tar, sample["__key__"], fault))
+    except ShardReadError as e:
+        faults.append(e.fault)
+    return bad, faults
+
+
+class DaliTrainLoader:
+    """The DALI backend of `build_train_loader` (see dist_geo/data/loader.py for the contract)."""
+
+    def __init__(self, share: RankShards, cfg: Config, seed: int, ctx: DistContext,
+                 start_batch: int = 0, keys_only: bool = False):
+        self.num_classes = share.num_classes
+        self.cfg, self.ctx, self.seed, self.keys_only = cfg, ctx, seed, keys_only
+        self.faults = FaultCounter(cfg.data.strict)
+        self.gpu = ctx.device.type == "cuda"
+        self._index_dir: tempfile.TemporaryDirectory | None = None
+        self._left_out: set[tuple[str, str]] = set()  # (tar, key) of undecodable samples
+        self.tars: dict[str, str] = {}  # tar -> index file in use
+        found = []
+        for tar, _ in share.all_shards:
+            fault = _truncation(tar)
+            if fault:
+                found.append(fault)
+            else:
+                self.tars[tar] = str(index_path(Path(tar)))
+        self.faults.add_all(found)
+        if not self.tars:
+            raise DataError(f"{share.all_shards[0][0]}: no readable shard in this group")
+        self._iter = self._build()
+        for _ in range(start_batch):
+            next(self)
+
+    def _build(self) -> DALIGenericIterator:
+        data = self.cfg.data
+        pipe = _train_pipeline(
+            tars=list(self.tars), indexes=list(self.tars.values()),
+            shard_id=self.ctx.rank, num_shards=self.ctx.world_size,
+            initial_fill=data.shuffle_buffer, aug=data.augment, image_size=data.image_size,
+            gpu=self.gpu, keys_only=self.keys_only,
+            batch_size=self.cfg.train.batch_size, num_threads=max(1, data.num_workers),
+            device_id=self.ctx.device.index if self.gpu else None,
+            seed=self.seed % (2**31 - 1),
+        )
+        pipe.build()
+        policy = LastBatchPolicy.PARTIAL if self.keys_only else LastBatchPolicy.DROP
+        return DALIGenericIterator(pipe, ["images", "labels"], reader_name=READER,
+                                   last_batch_policy=policy, auto_reset=True)
+
+    def _leave_out_undecodable(self, error: RuntimeError) -> None:
+        """After a decoding failure: index files without the undecodable samples, new pipeline."""
+        found, bad_keys = [], {}
+        for tar in self.tars:
+            bad, faults = _undecodable(tar)
+            found += faults
+            if bad - {key for t, key in self._left_out if t == tar}:
+                bad_keys[tar] = bad
+        if not bad_keys:
+            raise DataError(f"DALI pipeline failed on shards whose images all decode with "
+                            f"torchvision: {str(error).splitlines()[-1]}") from error
+        self.faults.add_all(found)
+        if self._index_dir is None:
+            self._index_dir = tempfile.TemporaryDirectory(prefix="dist_geo_idx_")
+        for n, (tar, bad) in enumerate(bad_keys.items()):
+            kept = [e for e in _index_entries(Path(self.tars[tar])) if _entry_key_end(e)[0] not in bad]
+            self._left_out |= {(tar, key) for key in bad}
+            idx = Path(self._index_dir.name) / f"{n}-{Path(tar).stem}.idx"
+            idx.write_text(f"v1.2 {len(kept)}\n" + "\n".join(kept) + "\n")
+            self.tars[tar] = str(idx)
+            if not kept:
+                del self.tars[tar]
+        if not self.tars:
+            raise DataError("no decodable sample left in this group's shards")
+        self._iter = self._build()
+
+    def __iter__(self) -> DaliTrainLoader:
+        return self
+
+    def _next_batch(self) -> dict:
+        while True:
+            try:
+                return next(self._iter)[0]
+            except StopIteration:
+                continue  # end of a pass: auto_reset started the next one
+            except RuntimeError as e:
+                if self.keys_only:
+                    raise
+                self._leave_out_undecodable(e)
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self._next_batch()
+        return (batch["images"].to(self.ctx.device, non_blocking=True),
+                batch["labels"].view(-1).to(self.ctx.device, non_blocking=True))
+
+    def stats(self) -> dict:
+        return self.faults.stats()
+
+
+def dali_pass_keys(share: RankShards, cfg: Config, seed: int, ctx: DistContext) -> list[tuple[str, int]]:
+    """(key, label) of every sample one DALI pass yields on this rank (no decoding)."""
+    loader = DaliTrainLoader(share, cfg, seed, ctx, keys_only=True)
+    keys = []
+    for batch in loader._iter:  # one pass: the iterator stops at the end of the reader's epoch
+        infos, labels = batch[0]["images"], batch[0]["labels"].view(-1).tolist()
+        for info, label in zip(infos, labels):
+            source = bytes(info.numpy()).rstrip(b"\0").decode()
+            keys.append((source.rsplit(":", 1)[1].split(".", 1)[0], label))
+    return keys
+
+
+__all__ = ["DaliTrainLoader", "dali_pass_keys"]
