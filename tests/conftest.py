@@ -10,9 +10,10 @@ few seconds (dist_geo.data.synth.write_world). It is a dataset in the VG layout:
   folder has its `<folder>_images_paths.txt`; world.json holds the parameters and counts.
 
 DataConfig overrides that suit it: data.image_size=48 (or smaller), data.M=10 data.alpha=30
-data.min_images_per_class=3 with either data.N=5 data.L=2 (40 groups of 6-12 classes, so
-data.groups_num <= 40) or data.N=2 data.L=1 (3 groups of 96-240 classes, groups_num <= 3).
-min_images_per_class=2 keeps 612 classes (2232 images), =4 keeps 240 classes (1296 images).
+data.min_images_per_class=3 with either data.N=5 data.L=2 (38 groups of 6-24 classes, 552
+classes, 1848 images; data.groups_num <= 38) or data.N=2 data.L=1 (3 groups of 120-240
+classes; groups_num <= 3: the streets run at one parity of the 10 m cells).
+min_images_per_class=2 keeps all 828 classes (2400 images), =4 keeps 132 classes (588 images).
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ The city is laid out west to east as [margin | train | gap | val | gap | test | 
 blocks, so val and test are other streets and other buildings than train (a model has to
 generalise, as on SF-XL's test areas); the margins give the edge streets buildings on both sides.
 
-- train/: panoramas at random points along the train streets (+-2 m off the centre line),
+- train/: panoramas at random points along the train streets (stratified by length so that
+  every 10 m cell gets about as many, +-2 m off the centre line),
   each cut into 12 crops 30 degrees apart (as SF-XL's), under random day-to-dusk lighting;
   one sub-folder per 1000 images.
 - val|test/database/: panoramas every `db_spacing` metres along the streets, `db_headings`
@@ -53,11 +54,11 @@ class WorldSpec:
     """Sizes of a synthetic world; the presets below, each field overridable."""
 
     image_size: int = 96  # pixels, square
-    area: float = 300.0  # side of the (square) training area, metres
+    area: float = 240.0  # side of the (square) training area, metres
     eval_area: float = 180.0  # width of the val area and of the test area, metres (height = area)
     train_images: int = 12000
-    db_spacing: float = 6.0  # metres between database panoramas along a street
-    db_headings: int = 8  # crops per database panorama
+    db_spacing: float = 8.0  # metres between database panoramas along a street
+    db_headings: int = 6  # crops per database panorama
     queries: int = 300  # per query folder (val/queries, test/queries, test/queries_night)
     fov: float = 90.0  # degrees
     block: float = 60.0  # street grid pitch, metres
@@ -68,8 +69,8 @@ PRESETS: dict[str, WorldSpec] = {
     "tiny": WorldSpec(image_size=48, area=120.0, eval_area=60.0, train_images=2400,
                       db_spacing=10.0, db_headings=4, queries=24),
     "demo": WorldSpec(),
-    "bench": WorldSpec(image_size=128, area=600.0, eval_area=300.0, train_images=60000,
-                       db_spacing=5.0, queries=1000),
+    "bench": WorldSpec(image_size=128, area=480.0, eval_area=300.0, train_images=60000,
+                       db_spacing=5.0, db_headings=8, queries=1000),
 }
 
 
@@ -95,11 +96,24 @@ def layout(spec: WorldSpec) -> Layout:
 
 def _point_on_streets(segments: np.ndarray, rng: np.random.Generator, lateral: float) -> tuple[float, float]:
     """A uniform point along the street centre lines, moved up to `lateral` m across the street."""
+    (point,) = _points_on_streets(segments, 1, rng, lateral)
+    return tuple(point)
+
+
+def _points_on_streets(segments: np.ndarray, n: int, rng: np.random.Generator,
+                       lateral: float) -> np.ndarray:
+    """n points [n, 2] stratified along the street centre lines (one per n-th of their length,
+    so every 10 m cell gets about as many), each moved up to `lateral` m across the street."""
     lengths = np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
-    x0, y0, x1, y1 = segments[rng.choice(len(segments), p=lengths / lengths.sum())]
-    s, off = rng.random(), rng.uniform(-lateral, lateral)
+    ends = np.cumsum(lengths)
+    arc = (np.arange(n) + rng.random(n)) * ends[-1] / n
+    seg = np.minimum(np.searchsorted(ends, arc, side="right"), len(segments) - 1)
+    s = (arc - (ends[seg] - lengths[seg])) / lengths[seg]
+    x0, y0, x1, y1 = segments[seg].T
+    off = rng.uniform(-lateral, lateral, n)
     vertical = x0 == x1
-    return x0 + s * (x1 - x0) + (off if vertical else 0.0), y0 + s * (y1 - y0) + (0.0 if vertical else off)
+    return np.stack([x0 + s * (x1 - x0) + np.where(vertical, off, 0.0),
+                     y0 + s * (y1 - y0) + np.where(vertical, 0.0, off)], axis=1)
 
 
 def _grid_points(segments: np.ndarray, spacing: float) -> np.ndarray:
@@ -202,10 +216,7 @@ def _write_split(city: City, spec: WorldSpec, lay: Layout, split: str, tmp: Path
     counts = {}
     if split == "train":
         panos = -(-spec.train_images // TRAIN_HEADINGS)
-        points = np.array([
-            _point_on_streets(segments, np.random.default_rng((seed, code, 0, p)), lateral=2.0)
-            for p in range(panos)
-        ])
+        points = _points_on_streets(segments, panos, np.random.default_rng((seed, code, 0)), lateral=2.0)
         names = _write_panoramas(city, spec, tmp, points, TRAIN_HEADINGS, "train",
                                  (seed, code, 1), namer, "tr", per_folder=1000,
                                  limit=spec.train_images)
