@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
         }, out / "results.json")
         run_id = log_to_mlflow(
             results.metrics, _tracking_config(cfg, Path(args.checkpoint), loaded[0].mlflow_run_id),
-            ctx, loaded[0].mlflow_run_id, [results_path, *pictures],
+            ctx, loaded[0].mlflow_run_id, [results_path, *pictures], step=loaded[0].step,
         )
         log.info("results in %s%s", results_path, f" (MLflow run {run_id})" if run_id else "")
         return 0

@@ -24,6 +24,7 @@ class LoadedModel:
     model: nn.Module
     source: Path
     mlflow_run_id: str = ""
+    step: int = 0  # the training step the checkpoint was taken at (MLflow x-axis)
 
 
 def load_for_eval(path: str | Path, model_cfg: ModelConfig, device: torch.device) -> LoadedModel:
@@ -32,8 +33,9 @@ def load_for_eval(path: str | Path, model_cfg: ModelConfig, device: torch.device
     if path.is_dir():
         from dist_geo.train.checkpoint import load_model, read_manifest
 
-        run_id = read_manifest(path).get("mlflow_run_id", "")
-        return LoadedModel(load_model(path, device), path, run_id)
+        manifest = read_manifest(path)
+        return LoadedModel(load_model(path, device), path, manifest.get("mlflow_run_id", ""),
+                           int(manifest.get("position", {}).get("step", 0)))
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint folder or state-dict file there")
     from dist_geo.model.cosplace_interop import is_whole_model

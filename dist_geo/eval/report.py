@@ -58,9 +58,10 @@ def mlflow_metrics(results: Metrics) -> dict[str, float]:
 
 def log_to_mlflow(
     results: Metrics, cfg: Config, ctx: DistContext, run_id: str = "",
-    artifacts: Sequence[Path] = (),
+    artifacts: Sequence[Path] = (), step: int = 0,
 ) -> str:
-    """Log on the run being evaluated (`run_id`) if it is in the store, else on a new run.
+    """Log on the run being evaluated (`run_id`) if it is in the store, else on a new run,
+    at `step` (the checkpoint's training step, so the values sit at the end of its curves).
 
     Returns the run id used ("" when tracking is off or this is not rank 0).
     """
@@ -73,7 +74,7 @@ def log_to_mlflow(
     except Exception as e:  # a run id from another store: keep the numbers on a new run
         log.warning("MLflow run %s not usable (%s): logging to a new run", run_id, e)
         tracker = Tracker(cfg, ctx)
-    tracker.log_metrics(mlflow_metrics(results), step=0)
+    tracker.log_metrics(mlflow_metrics(results), step=step)
     for path in artifacts:
         tracker.log_artifacts(path, "eval")
     tracker.finish()

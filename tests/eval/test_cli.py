@@ -42,3 +42,18 @@ def test_eval_command_refuses_a_backbone_only_file(known_dataset, tmp_path, caps
 def test_mlflow_metric_names():
     names = mlflow_metrics({"test": {"recall_at_1": 50.0}, "test-night": {"recall_at_1": 1.0}})
     assert names == {"test_recall_at_1": 50.0, "test_night_recall_at_1": 1.0}
+
+
+def test_metrics_land_on_a_new_run_when_the_run_id_is_unknown(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from dist_geo.distributed import single_process
+    from dist_geo.eval.report import log_to_mlflow
+
+    cfg = build_config(overrides=[f"train.out={tmp_path}"])
+    run_id = log_to_mlflow({"test": {"recall_at_1": 42.0}}, cfg, single_process(),
+                           run_id="0" * 32, step=7)
+    assert run_id and run_id != "0" * 32
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    history = client.get_metric_history(run_id, "test_recall_at_1")
+    assert [(m.step, m.value) for m in history] == [(7, 42.0)]

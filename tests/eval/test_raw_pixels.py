@@ -12,3 +12,12 @@ def test_raw_pixels_find_the_noisy_copies(known_dataset):
     # darkened copies: mean-centring + normalisation makes the thumbnails brightness-invariant
     assert results["test-night"]["recall_at_1"] == 100.0
     assert results.details["val"].predictions.shape == (13, 5)
+
+
+def test_raw_pixels_on_the_tiny_world(tiny_world):
+    """The synthetic world is a retrieval problem: thumbnails alone do not solve it."""
+    results = raw_pixel_baseline(tiny_world, build_config(), splits=["val"])
+    val = results["val"]
+    assert val["queries"] == len(results.details["val"].queries) > 0
+    assert val["recall_at_1"] < 100.0
+    assert val["recall_at_1"] <= val["recall_at_5"] <= val["recall_at_10"] <= val["recall_at_20"]
