@@ -114,6 +114,35 @@ def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> No
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def engine_optimizer_state(engine: Any) -> dict[str, Any]:
+    """The network optimizer's state as tensors and plain values (so weights_only loads it).
+
+    DeepSpeed's ZeRO and fp16 optimizers add a loss-scaler object (kept as its attribute dict),
+    an enum (kept as its int) and fragment mappings that only DeepSpeed's own "universal"
+    checkpoints use (dropped).
+    """
+    state = dict(engine.optimizer.state_dict())
+    if "loss_scaler" in state:
+        state["loss_scaler"] = dict(vars(state["loss_scaler"]))
+    if "zero_stage" in state:
+        state["zero_stage"] = int(state["zero_stage"])
+    state.pop("param_slice_mappings", None)
+    return state
+
+
+def load_engine_optimizer_state(engine: Any, states: list[dict[str, Any]]) -> None:
+    """Inverse of `engine_optimizer_state`; `states` holds every saved rank's (ZeRO) or one."""
+    for state in states:
+        if isinstance(state.get("loss_scaler"), dict):
+            engine.optimizer.loss_scaler.__dict__.update(state["loss_scaler"])
+            state["loss_scaler"] = engine.optimizer.loss_scaler
+    if len(states) > 1 or engine.zero_optimization():
+        # As DeepSpeed's own loader: all partitions, fp32 master weights from the checkpoint.
+        engine.optimizer.load_state_dict(states, load_from_fp32_weights=True)
+    else:
+        engine.optimizer.load_state_dict(states[0])
+
+
 def save_checkpoint(
     directory: Path,
     ctx: DistContext,
@@ -135,9 +164,9 @@ def save_checkpoint(
         _save(fp32_state_dict(engine.module), tmp / "model.pt")
         _save(engine.lr_scheduler.state_dict(), tmp / "engine/scheduler.pt")
     if cfg.train.zero_stage > 0:
-        _save(engine.optimizer.state_dict(), tmp / f"engine/optimizer_rank{r:03d}.pt")
+        _save(engine_optimizer_state(engine), tmp / f"engine/optimizer_rank{r:03d}.pt")
     elif ctx.is_main:
-        _save(engine.optimizer.state_dict(), tmp / "engine/optimizer.pt")
+        _save(engine_optimizer_state(engine), tmp / "engine/optimizer.pt")
     for g, (head, optimizer) in enumerate(zip(heads, head_optimizers)):
         _save({"weight": head.weight.detach().cpu(), "optimizer": optimizer.state_dict()},
               tmp / head_file(g, r))
@@ -309,10 +338,11 @@ def load_checkpoint(
                 f"{directory}: ZeRO-partitioned optimizer state of {saved_world} ranks cannot be "
                 f"loaded by {ctx.world_size} ranks"
             )
-        optim_state = _read(directory, manifest, f"engine/optimizer_rank{ctx.rank:03d}.pt")
+        load_engine_optimizer_state(engine, [
+            _read(directory, manifest, f"engine/optimizer_rank{r:03d}.pt") for r in range(saved_world)
+        ])
     else:
-        optim_state = _read(directory, manifest, "engine/optimizer.pt")
-    engine.optimizer.load_state_dict(optim_state)
+        load_engine_optimizer_state(engine, [_read(directory, manifest, "engine/optimizer.pt")])
     engine.lr_scheduler.load_state_dict(_read(directory, manifest, "engine/scheduler.pt"))
     for g, (head, optimizer) in enumerate(zip(heads, head_optimizers)):
         part = read_head(directory, manifest, g, ctx.rank, ctx.world_size)

@@ -105,6 +105,11 @@ def build_engine(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg, ctx), dist_init_required=False,
     )
+    # DeepSpeed casts the parameters to bf16/fp16 but not the buffers; batch norm needs both alike.
+    dtype = next(engine.module.parameters()).dtype
+    for buffer in engine.module.buffers():
+        if buffer.is_floating_point():
+            buffer.data = buffer.data.to(dtype)
     return engine
 
 
