@@ -48,9 +48,13 @@ def main(args: argparse.Namespace) -> int:
     sweep = load_sweep(sweep_path(args.sweep), args.overrides)
     if args.out:
         sweep.out = Path(args.out)
-    table = run_sweep(sweep, address=args.address, resume=args.resume)
-    if table.empty:
+    result = run_sweep(sweep, address=args.address, resume=args.resume)
+    if result.table.empty:
         print(f"dist-geo tune: no trial of {sweep.path} reported {sweep.metric}")
         return 1
-    print(f"best config: {sweep.out / 'best_config.yaml'}")
+    so_far = "" if result.complete else " so far"
+    print(f"best config{so_far}: {sweep.out / 'best_config.yaml'}")
+    if not result.complete:
+        print(f"interrupted: resume with `dist-geo tune {args.sweep} --resume`")
+        return 130
     return 0

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from dist_geo.config import save_config
 from tuning.sweep import Sweep
+from tuning.trainable import find_child_run
 
 SWEEP_TAG = "tune.sweep_out"
 
@@ -98,7 +99,10 @@ def print_table(sweep: Sweep, table: pd.DataFrame, console: Console | None = Non
         view.add_column(str(column), justify="right" if column in ("rank", sweep.metric) else "left")
     for row in table.itertuples(index=False):
         view.add_row(*(_cell(v) for v in row))
-    (console or Console()).print(view)
+    console = console or Console()
+    if not console.is_terminal:  # a log file: do not cut the columns to 80 characters
+        console.width = max(console.width, 200)
+    console.print(view)
 
 
 def _cell(value: Any) -> str:
@@ -167,8 +171,35 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def finish(sweep: Sweep, results: ResultGrid, parent: ParentRun, out: Path) -> pd.DataFrame:
-    """Table on the console, files in `out`, and all of it on the parent run."""
+def close_child_runs(sweep: Sweep, results: ResultGrid, parent: ParentRun) -> None:
+    """Best checkpoint, `tune.stopped_early` and final status on every trial's child run."""
+    client = MlflowClient(parent.tracking_uri)
+    for result in results:
+        trial_id = result.metrics.get("trial_id") if result.metrics else None
+        run = trial_id and find_child_run(
+            client, parent.experiment_id, parent.run_id, trial_id
+        )
+        if not run or "tune.stopped_early" in run.data.tags:
+            continue  # never started, or closed by an earlier run of a resumed sweep
+        best = result.get_best_checkpoint(sweep.metric, sweep.mode) if result.error is None else None
+        if best is not None:
+            client.log_artifacts(run.info.run_id, best.path, "best_checkpoint")
+        epochs = sweep.trial_config({k: result.config[k] for k in sweep.space}).train.epochs_num
+        stopped = result.metrics.get("training_iteration", 0) < epochs
+        client.set_tag(run.info.run_id, "tune.stopped_early", str(stopped).lower())
+        status = RunStatus.FAILED if result.error is not None else RunStatus.FINISHED
+        client.set_terminated(run.info.run_id, RunStatus.to_string(status))
+
+
+def finish(
+    sweep: Sweep, results: ResultGrid, parent: ParentRun, out: Path, complete: bool = True
+) -> pd.DataFrame:
+    """Table on the console, files in `out`, and all of it on the parent run.
+
+    An interrupted sweep reports what it has so far and leaves its parent run KILLED; the
+    resumed sweep reopens the run and replaces the report.
+    """
+    close_child_runs(sweep, results, parent)
     table = ranked_table(sweep, results)
     client = MlflowClient(parent.tracking_uri)
     if table.empty:
@@ -187,5 +218,6 @@ def finish(sweep: Sweep, results: ResultGrid, parent: ParentRun, out: Path) -> p
     if math.isfinite(best):
         client.log_batch(parent.run_id, metrics=[Metric(f"best_{sweep.metric}", best, 0, 0)])
     client.set_tag(parent.run_id, "tune.best_trial", str(table.iloc[0]["trial_id"]))
-    client.set_terminated(parent.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    status = RunStatus.FINISHED if complete else RunStatus.KILLED
+    client.set_terminated(parent.run_id, RunStatus.to_string(status))
     return table

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -26,10 +27,16 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "ray"
 
 
+@dataclass(frozen=True)
+class SweepResult:
+    table: pd.DataFrame  # ranked, best first (also `<out>/results.csv`)
+    complete: bool  # False: interrupted, resume it with `resume=True`
+
+
 def run_sweep(
     sweep: Sweep, address: str | None = None, resume: bool = False, callbacks: Sequence = ()
-) -> pd.DataFrame:
-    """Run (or resume) `sweep`; return the ranked results table (also written to its `out`)."""
+) -> SweepResult:
+    """Run (or resume) `sweep`; the report is written to its `out` even when interrupted."""
     from ray import tune
 
     out = sweep.out.resolve()
@@ -56,15 +63,27 @@ def run_sweep(
                 metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
                 scheduler=build_scheduler(sweep), search_alg=build_search(sweep),
                 max_concurrent_trials=sweep.max_concurrent_trials or None,
+                trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=str(out), callbacks=list(callbacks),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Tune also keeps each trial's latest checkpoint, for PBT and resume.
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute=sweep.metric,
+                    checkpoint_score_order=sweep.mode,
+                ),
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
     results = tuner.fit()
-    return report.finish(sweep, results, parent, out)
+    complete = results.num_terminated + results.num_errors == len(results)
+    if not complete:
+        log.warning("sweep interrupted: resume it with `dist-geo tune %s --resume`", sweep.path)
+    return SweepResult(report.finish(sweep, results, parent, out, complete), complete)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id  # Tune's default spells out every param: too long for some filesystems
 
 
 def _check_runnable(sweep: Sweep, experiment: Path, resume: bool) -> None:
@@ -100,6 +119,8 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Every epoch checkpoints, so Tune's state is snapshotted often: expected, not a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address)
     else:

@@ -7,9 +7,11 @@ copies to clone strong ones. A trial that Tune hands a checkpoint (PBT exploit, 
 sweep) copies it into its own `checkpoints/last` and trains on with `train.resume=true`.
 
 Each trial is also a nested MLflow child run of the sweep's parent run: its swept params, its
-full config, per-epoch metrics and, at the end, its best checkpoint. The training's own MLflow
-tracking is switched off inside trials so that the sweep's store holds exactly one run per
-trial, found again by its `tune.trial_id` tag when the trial resumes.
+full config and per-epoch metrics, logged as they come. The training's own MLflow tracking is
+switched off inside trials so that the sweep's store holds exactly one run per trial, found
+again by its `tune.trial_id` tag when the trial resumes. The driver closes the child runs when
+the sweep ends (tuning.report.close_child_runs): a trial that Tune stops (ASHA, PBT, the last
+epoch) exits at its report and cannot be relied upon to run anything after it.
 """
 from __future__ import annotations
 
@@ -65,15 +67,7 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
         child.log_metrics(scalars, step=epoch)
         tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-    try:
-        result = train(cfg, single_process(cfg.train.device), on_epoch_end=on_epoch_end)
-    except SystemExit:  # Tune stops a trial (ASHA, PBT) by exiting its thread at a report
-        child.close(out, stopped_early=True)
-        raise
-    except BaseException:
-        child.close(out, failed=True)
-        raise
-    child.close(out, best_checkpoint=result.get("best_checkpoint"))
+    train(cfg, single_process(cfg.train.device), on_epoch_end=on_epoch_end)
 
 
 def _restore_checkpoint(out: Path) -> bool:
@@ -99,6 +93,14 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def find_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str):
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+    )
+    return found[0] if found else None
+
+
 @dataclass
 class ChildRun:
     """The trial's nested MLflow run, driven through the client (no global active run)."""
@@ -111,14 +113,12 @@ class ChildRun:
         cls, spec: TrialSpec, trial_id: str, trial_name: str, params: dict[str, Any], cfg: Config
     ) -> ChildRun:
         client = MlflowClient(spec.tracking_uri)
-        found = client.search_runs(
-            [spec.experiment_id],
-            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{spec.parent_run_id}' "
-            f"and tags.`{TRIAL_TAG}` = '{trial_id}'",
-        )
+        found = find_child_run(client, spec.experiment_id, spec.parent_run_id, trial_id)
         if found:
-            run_id = found[0].info.run_id
+            run_id = found.info.run_id
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            if "tune.stopped_early" in found.data.tags:  # closed once, now resumed
+                client.delete_tag(run_id, "tune.stopped_early")
         else:
             run_id = client.create_run(spec.experiment_id, tags={
                 MLFLOW_PARENT_RUN_ID: spec.parent_run_id, MLFLOW_RUN_NAME: trial_name,
@@ -134,14 +134,3 @@ class ChildRun:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, [Metric(k, v, now, step) for k, v in metrics.items()])
-
-    def close(
-        self, out: Path, best_checkpoint: str | Path | None = None,
-        stopped_early: bool = False, failed: bool = False,
-    ) -> None:
-        best = Path(best_checkpoint) if best_checkpoint else out / "checkpoints" / "best"
-        if not failed and best.is_dir():
-            self.client.log_artifacts(self.run_id, str(best), "best_checkpoint")
-        self.client.set_tag(self.run_id, "tune.stopped_early", str(stopped_early).lower())
-        status = RunStatus.FAILED if failed else RunStatus.FINISHED
-        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
