@@ -98,8 +98,8 @@ class ShardStream(IterableDataset):
                 item = {"key": sample["__key__"], "label": decode_label(sample["cls"])}
                 if self.decode:
                     image = decode_rgb(sample["jpg"])
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(derive_seed(self.seed, role, n))
+                    with torch.random.fork_rng(devices=[]):  # the CPU generator only:
+                        torch.default_generator.manual_seed(derive_seed(self.seed, role, n))
                         item["image"] = self.transform(image)
             except (KeyError, ValueError) as e:
                 fault = f"missing member .{e.args[0]}" if isinstance(e, KeyError) else str(e).splitlines()[-1]
