@@ -175,6 +175,8 @@ def evaluate(
     """{split: {"recall_at_1": %, ..., "queries": Q, "queries_without_positives": k}}.
 
     `model` may be a list of models: their descriptors are concatenated (an ensemble).
+    `eval.night_preprocess` applies to the queries of every split evaluated (pass only the
+    night splits to measure it alone); `eval.tta` crops apply to queries only.
     Every rank must call this (descriptors are extracted by all ranks together); every rank
     gets the same metrics, rank 0 also the predictions (`.details`).
     """

@@ -4,7 +4,7 @@ Descriptors are L2-normalised, so the exact search is a flat inner-product index
 ranking as L2). The database is always split into shards rather than truncated:
 - with GPUs, `faiss.index_cpu_to_all_gpus(..., co=GpuMultipleClonerOptions(shard=True))`
   gives each GPU a slice of the database (float16 storage if `fp16`), and FAISS merges the
-  per-GPU top-k;
+  per-GPU top-k; a database too large for the GPUs together is searched on CPU shards instead;
 - on CPU, an `IndexShards` of per-shard indexes searched in parallel threads, whose
   `successive_ids` turns each shard's local ids into database ids before merging the top-k.
 Approximate indexes (IVF-PQ, HNSW) sit behind the same `build_index`/`search` pair; evaluation
@@ -24,11 +24,20 @@ INDEX_KINDS = ("flat", "ivfpq", "hnsw")
 HNSW_NEIGHBOURS = 32  # graph degree M; FAISS's usual default
 HNSW_EF_SEARCH = 128  # search breadth: recall close to exact on a few hundred thousand vectors
 IVF_PROBE_FRACTION = 8  # visit 1/8 of the inverted lists
+GPU_MEMORY_FRACTION = 0.7  # of the GPUs' free memory the database may take
 
 
 def gpu_count() -> int:
     """Number of GPUs FAISS can use (always 0 with faiss-cpu)."""
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _fits_on_gpus(nbytes: int) -> bool:
+    """Whether the sharded database leaves the GPUs a working margin (search buffers, top-k)."""
+    import torch
+
+    free = sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    return nbytes < GPU_MEMORY_FRACTION * free
 
 
 def _factory_string(kind: str, dim: int, size: int) -> str:
@@ -78,12 +87,16 @@ def build_index(
     if use_gpu and kind == "hnsw":
         log.info("HNSW has no GPU implementation in FAISS: searching it on CPU shards")
         use_gpu = False
+    if use_gpu and not _fits_on_gpus(database.size * (2 if fp16 else 4)):
+        log.warning("%d descriptors do not fit the GPUs' free memory: searching on CPU shards",
+                    size)
+        use_gpu = False
     template = _trained_index(kind, database)
     if use_gpu:
         options = faiss.GpuMultipleClonerOptions()
         options.shard = True
         options.useFloat16 = fp16
-        index = faiss.index_cpu_to_all_gpus(template, co=options, ngpu=shards or gpus)
+        index = faiss.index_cpu_to_all_gpus(template, co=options, ngpu=min(shards or gpus, gpus))
     else:
         n = max(1, min(shards or faiss.omp_get_max_threads(), size))
         index = faiss.IndexShards(dim, True, True)  # threaded, successive ids

@@ -92,3 +92,11 @@ def test_two_rank_extraction_equals_single_process(known_dataset, tmp_path):
     single = extract_descriptors(tiny_model(), paths, single_process(), batch_size=4)
     assert got["plain"].shape == (13, 16) and got["crops"].shape == (13, 5, 16)
     np.testing.assert_allclose(got["plain"], single, atol=1e-5)
+
+
+def test_pca_fitted_on_train_images_of_the_tiny_world(tiny_world):
+    cfg = build_config(overrides=OVERRIDES + [
+        "eval.pca_dim=8", "eval.pca_fit=train", "eval.pca_samples=40", "eval.tta=hflip"])
+    results = evaluate(tiny_model(), tiny_world, cfg, single_process(), splits=["val"])
+    assert results["val"]["queries"] > 0
+    assert results.details["val"].predictions.shape[1] == 20
