@@ -10,7 +10,7 @@ generalise, as on SF-XL's test areas); the margins give the edge streets buildin
   one sub-folder per 1000 images.
 - val|test/database/: panoramas every `db_spacing` metres along the streets, `db_headings`
   crops each, under mild day lighting.
-- val|test/queries/: single views from random points (up to 5 m across the street), random
+- val|test/queries/: single views from random points (up to 3 m across the street), random
   heading, other lighting, camera roll, horizon tilt and field of view, a car or person in
   front half the time, sensor noise and stronger JPEG.
 - test/queries_night/: the same kind of views at night (dark, blue, lit windows and signs).
@@ -185,7 +185,7 @@ def _write_queries(city: City, spec: WorldSpec, folder: Path, segments: np.ndarr
     names = []
     for q in range(spec.queries):
         rng = np.random.default_rng((*seed, q))
-        x, y = _point_on_streets(segments, rng, lateral=5.0)
+        x, y = _point_on_streets(segments, rng, lateral=3.0)
         heading, roll = rng.uniform(0, 360), rng.uniform(-6, 6)
         light = sample_lighting(rng, "night" if night else "query")
         fov = spec.fov * rng.uniform(0.85, 1.15)
