@@ -7,6 +7,16 @@
 
 `<key>.cls` is the local class index as 8 little-endian bytes (int64), so that DALI reads it
 as a dense int64 tensor of one element and webdataset needs no text parsing.
+
+manifest.json:
+    {"version": 1, "dataset": abs path, "split": "train",
+     "M", "alpha", "N", "L", "groups_num", "min_images_per_class", "shard_size", "sampling",
+     "shard_seed": the parameters (shard_params.json holds the same, plus dataset and split),
+     "num_images": images listed in the split, "skipped_names": [paths],
+     "groups": [{"index": g, "group_id": [e, n, h], "num_classes", "num_images",
+                 "num_samples": samples in its shards, "class_ids": [[e, n, h], ...] (label order),
+                 "skipped_images": [paths], "shards": [{"file": "group_gg/shard-iiiiii.tar"
+                 (relative to the folder), "samples", "sha256"}, ...]}, ...]}
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from dist_geo.config import Config
+from dist_geo.config import Config, ConfigError
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
 from shards.manifest import group_entry, read_manifest, shards_dir
@@ -122,8 +122,11 @@ def build_train_loader(cfg: Config, group_index: int, ctx: DistContext, epoch: i
     share = rank_shards(shards_dir(cfg.data), group_index, ctx)
     seed = derive_seed(cfg.train.seed, epoch, ctx.rank)
     if cfg.data.loader == "dali":
-        from dist_geo.data.loader_dali import DaliTrainLoader
-
+        try:
+            from dist_geo.data.loader_dali import DaliTrainLoader
+        except ImportError as e:
+            raise ConfigError(f"data.loader=dali but DALI cannot be imported ({e}); "
+                              f"use data.loader=torch") from None
         return DaliTrainLoader(share, cfg, seed, ctx, start_batch)
     from dist_geo.data.loader_torch import TorchTrainLoader
 

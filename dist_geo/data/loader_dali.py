@@ -14,7 +14,11 @@ Corrupt data: a DALI pipeline cannot skip a sample, it stops. So shards are chec
 their index before the pipeline is built (a truncated tar is left out), and when decoding
 fails the rank's shards are scanned for undecodable images, which are left out of rewritten
 index files (in a temporary folder); the pipeline is rebuilt and the pass continues. Each such
-sample is reported by shard and key like the torch loader's.
+sample is reported by shard and key like the torch loader's (after such a rebuild the
+stream is no longer the one an intact shard set would give).
+
+DALI's CPU threads are cfg.data.num_workers (at least 1). `start_batch` replays and drops
+that many batches: DALI is deterministic given its seed, but it cannot skip without decoding.
 """
 from __future__ import annotations
 

@@ -10,28 +10,22 @@ from dist_geo.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from dist_geo.data.loader import build_train_loader, rank_shards
 from dist_geo.data.loader_dali import dali_pass_keys
 from dist_geo.data.loader_torch import pass_keys
-from dist_geo.data.synth.writer import write_world
 from dist_geo.distributed import DistContext, single_process
 from shards.reading import iter_samples
 from shards.writer import write_shards
 
-# The tiny world's 300 images in 40 m cells and 120 degree sectors: group 0 has 9 classes.
-OVERRIDES = ["data.M=40", "data.alpha=120", "data.N=2", "data.L=1", "data.groups_num=2",
-             "data.min_images_per_class=3", "data.shard_size=16", "data.image_size=32",
+# The tiny world's group 0 (M=10, alpha=30, N=5, L=2): 12 classes of 3 images, 5 shards.
+OVERRIDES = ["data.M=10", "data.alpha=30", "data.N=5", "data.L=2", "data.groups_num=2",
+             "data.min_images_per_class=3", "data.shard_size=8", "data.image_size=32",
              "train.batch_size=8", "data.shuffle_buffer=16", "data.num_workers=0"]
 LOWEST = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
 HIGHEST = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    return write_world(tmp_path_factory.mktemp("world"), seed=0, preset="tiny", train_images=300)
-
-
-@pytest.fixture(scope="module")
-def shard_dir(world, tmp_path_factory) -> Path:
+def shard_dir(tiny_world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
-    write_shards(world, out, build_config(overrides=OVERRIDES).data)
+    write_shards(tiny_world, out, build_config(overrides=OVERRIDES).data)
     return out
 
 
@@ -52,24 +46,24 @@ def test_batches_follow_the_contract(shard_dir, backend):
     cfg = config(shard_dir, f"data.loader={backend}", "data.augment.hflip=true",
                  "data.augment.night_light=true")
     loader = build_train_loader(cfg, 0, single_process(), epoch=0)
-    assert loader.num_classes == 9
-    batches = take(loader, 12)  # 96 samples: more than one pass (72), so it must not end
+    assert loader.num_classes == 12
+    batches = take(loader, 12)  # 96 samples: more than two passes (36), so it must not end
     for images, labels in batches:
         assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
         assert labels.shape == (8,) and labels.dtype == torch.int64
         assert LOWEST - 1e-4 <= images.min() and images.max() <= HIGHEST + 1e-4
     labels = torch.cat([b[1] for b in batches])
-    assert set(labels.tolist()) == set(range(9))
+    assert set(labels.tolist()) == set(range(12))
     assert loader.stats()["corrupt_samples"] == 0
 
 
 @pytest.mark.parametrize("backend,shard_size", [
-    ("torch", 16), ("torch", 100), ("dali", 16)])  # 5 shards: split by shard; 1: by sample
-def test_two_ranks_see_every_sample_once_per_pass(world, tmp_path, backend, shard_size):
+    ("torch", 8), ("torch", 100), ("dali", 8)])  # 5 shards: split by shard; 1: by sample
+def test_two_ranks_see_every_sample_once_per_pass(tiny_world, tmp_path, backend, shard_size):
     cfg = config(tmp_path, f"data.loader={backend}", f"data.shard_size={shard_size}")
-    write_shards(world, tmp_path, cfg.data)
+    write_shards(tiny_world, tmp_path, cfg.data)
     all_shards = rank_shards(tmp_path, 0, single_process()).all_shards
-    assert (len(all_shards) >= 2) == (shard_size == 16)
+    assert (len(all_shards) >= 2) == (shard_size == 8)
     expected = [s["__key__"] for path, _ in all_shards for s in iter_samples(path)]
     seen = []
     for r in range(2):
