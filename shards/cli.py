@@ -48,9 +48,10 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.skip_bad:
         cfg.data.skip_bad = True
-    dataset = dataset or cfg.data.dataset
+    if dataset:
+        cfg.data.dataset = dataset
     out = out or str(shards_dir(cfg.data))
-    manifest = write_shards(dataset, out, cfg.data, split=args.split)
+    manifest = write_shards(cfg.data.dataset, out, cfg.data, split=args.split)
     summary = {
         "out": out, "groups": len(manifest["groups"]),
         "samples": sum(g["num_samples"] for g in manifest["groups"]),

@@ -73,7 +73,7 @@ class ShardStream(IterableDataset):
             yield from order
 
     def _read(self, shards: Iterator[_Shard]) -> Iterator[dict]:
-        barren = 0  # shards in a row that gave nothing: a pass of them means nothing is readable
+        barren: set[str] = set()  # shards read since this worker last had a sample
         for shard in shards:
             count = kept = 0
             try:
@@ -86,11 +86,15 @@ class ShardStream(IterableDataset):
                 self.faults.append(e.fault)
             if count != shard.samples:
                 self.faults.append(Fault(shard.url, "", f"{count} samples instead of {shard.samples}"))
-            barren = 0 if kept else barren + 1
-            if barren > len(self.shards):
-                raise DataError(f"{shard.url}: none of this rank's {len(self.shards)} shards has a readable sample")
+            barren = set() if kept else barren | {shard.url}
+            if len(barren) == len(self.shards):
+                raise DataError(f"{shard.url}: none of this rank's {len(self.shards)} shards "
+                                f"has a readable sample")
 
     def _decode(self, samples: Iterator[dict], role: int, skip: int) -> Iterator[dict]:
+        # More failures in a row than two passes and a buffer hold: no sample decodes.
+        hopeless = 2 * sum(s.samples for s in self.shards) + self.buffer
+        failures = 0
         for n, sample in enumerate(samples):
             if n < skip:
                 continue
@@ -104,7 +108,12 @@ class ShardStream(IterableDataset):
             except (KeyError, ValueError) as e:
                 fault = f"missing member .{e.args[0]}" if isinstance(e, KeyError) else str(e).splitlines()[-1]
                 self.faults.append(Fault(sample["__url__"], sample["__key__"], fault))
+                failures += 1
+                if failures > hopeless:
+                    raise DataError(f"{sample['__url__']}: no sample of this rank's shards decodes "
+                                    f"(last: {self.faults[-1]})") from None
                 continue
+            failures = 0
             yield item
 
     def _batch(self, items: Iterator[dict]) -> Iterator[dict]:
