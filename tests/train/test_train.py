@@ -33,22 +33,42 @@ SAVED = ["model.pt", "engine/optimizer.pt", "engine/scheduler.pt",
          head_file(0, 0), head_file(1, 0)]
 
 
-def test_resume_is_exact_and_tracked(train_overrides, tmp_path):
+def test_resume_is_exact_and_tracked(train_overrides, tmp_path, monkeypatch):
+    """2 epochs straight == 1 epoch, resume, crash mid-epoch, resume from the mid-epoch checkpoint."""
     ctx = single_process()
-    common = train_overrides + ["sched.name=cosine", "sched.warmup_steps=1", "optim.name=adamw"]
+    common = train_overrides + ["sched.name=cosine", "sched.warmup_steps=1", "optim.name=adamw",
+                                "train.iterations_per_epoch=3", "train.checkpoint_every=2"]
     straight = train(build_config(overrides=common + [
         "train.epochs_num=2", f"train.out={tmp_path / 'a'}", "tracking.enabled=false",
         "train.test=false"]), ctx)
     out = tmp_path / "b"
     first = train(build_config(overrides=common + [
         "train.epochs_num=1", f"train.out={out}", "train.test=false"]), ctx)
+
+    from dist_geo.train import trainer
+
+    calls = []
+
+    def crash_on_second_step(*args):  # epoch 1: step 4 runs (and is checkpointed), step 5 dies
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("node lost")
+        return step_head(*args)
+
+    step_head = trainer.step_head
+    monkeypatch.setattr(trainer, "step_head", crash_on_second_step)
+    resume = build_config(overrides=common + [
+        "train.epochs_num=2", f"train.out={out}", "train.resume=true"])
+    with pytest.raises(RuntimeError, match="node lost"):
+        train(resume, ctx)
+    assert read_manifest(out / "checkpoints/last")["position"] == {"epoch": 1, "batch": 1, "step": 4}
+    monkeypatch.undo()
     epochs = []
-    resumed = train(build_config(overrides=common + [
-        "train.epochs_num=2", f"train.out={out}", "train.resume=true"]), ctx,
-        on_epoch_end=lambda e, m, d: epochs.append((e, "val_recall_at_1" in m, d.name)))
+    resumed = train(resume, ctx, on_epoch_end=lambda e, m, d: epochs.append(
+        (e, "val_recall_at_1" in m, d.name)))
 
     assert epochs == [(1, True, "last")]  # only the epoch left was trained
-    assert straight["steps"] == resumed["steps"] == 4
+    assert straight["steps"] == resumed["steps"] == 6
     a, b = Path(straight["last_checkpoint"]), Path(resumed["last_checkpoint"])
     for name in SAVED:
         for x, y in zip(_load(a, name), _load(b, name), strict=True):
@@ -63,7 +83,7 @@ def test_resume_is_exact_and_tracked(train_overrides, tmp_path):
     run = client.get_run(resumed["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["loss.s"] == "30.0" and run.data.params["train.epochs_num"] == "1"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
     assert len(client.get_metric_history(run.info.run_id, "val_recall_at_1")) == 2
     assert "test_recall_at_1" in run.data.metrics and "peak_memory_mb" in run.data.metrics
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "best_checkpoint")}
