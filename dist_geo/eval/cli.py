@@ -80,7 +80,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     ctx = init_distributed(cfg.train.device)
     try:
-        loaded = [load_for_eval(p, cfg.model, ctx.device) for p in [args.checkpoint, *args.ensemble]]
+        paths = [args.checkpoint, *args.ensemble]
+        loaded = [load_for_eval(p, cfg.model, ctx.device) for p in paths]
         results = evaluate([m.model for m in loaded], args.dataset, cfg, ctx, args.splits)
         if not ctx.is_main:
             return 0

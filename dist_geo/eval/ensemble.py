@@ -18,4 +18,5 @@ def concat_descriptors(per_model: Sequence[np.ndarray]) -> np.ndarray:
     """[N, (V,) D_m] for each model -> [N, (V,) sum D_m], L2-normalised on the last axis."""
     if len(per_model) == 1:
         return per_model[0]
-    return _normalise(np.concatenate([_normalise(d) for d in per_model], axis=-1)).astype(np.float32)
+    joined = np.concatenate([_normalise(d) for d in per_model], axis=-1)
+    return _normalise(joined).astype(np.float32)

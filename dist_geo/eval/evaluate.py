@@ -157,6 +157,31 @@ def _fit_train_pca(
     return fit_pca(descriptors, cfg.eval.pca_dim, cfg.eval.pca_whiten)
 
 
+def _score_on_main(
+    split: str,
+    database: np.ndarray,
+    queries: np.ndarray,
+    db_records: list[ImageRecord],
+    q_records: list[ImageRecord],
+    cfg: Config,
+    per_crop: str,
+    pca: PCA | None,
+) -> SplitResult:
+    """Pool views, project with PCA, search and score (rank 0's share of a split)."""
+    if database.ndim == 3:
+        database = tta.pool_views(database)
+    if queries.ndim == 3 and not per_crop:
+        queries = tta.pool_views(queries)
+    if cfg.eval.pca_dim:
+        pca = pca or fit_pca(database, cfg.eval.pca_dim, cfg.eval.pca_whiten)
+        database = apply_pca(pca, database)
+        flat = apply_pca(pca, queries.reshape(-1, queries.shape[-1]))
+        queries = flat.reshape(*queries.shape[:-1], -1)
+    result = score_split(split, database, queries, db_records, q_records, cfg.eval, per_crop)
+    log.info("%s: %s", split, _summary(result.metrics, cfg.eval.recall_values))
+    return result
+
+
 def _broadcast(obj: object, ctx: DistContext) -> object:
     if not ctx.is_distributed:
         return obj
@@ -200,21 +225,18 @@ def evaluate(
             models, [r.path for r in q_records], ctx, cfg, tta.query_views(method),
             night=cfg.eval.night_preprocess, desc=f"{split} queries",
         )
-        result = None
+        outcome: dict[str, float] | Exception | None = None
         if ctx.is_main:
-            if database.ndim == 3:
-                database = tta.pool_views(database)
-            if queries.ndim == 3 and not per_crop:
-                queries = tta.pool_views(queries)
-            if cfg.eval.pca_dim:
-                split_pca = pca or fit_pca(database, cfg.eval.pca_dim, cfg.eval.pca_whiten)
-                database = apply_pca(split_pca, database)
-                queries = apply_pca(split_pca, queries.reshape(-1, queries.shape[-1])).reshape(
-                    *queries.shape[:-1], -1)
-            result = score_split(split, database, queries, db_records, q_records, cfg.eval, per_crop)
-            details[split] = result
-            log.info("%s: %s", split, _summary(result.metrics, cfg.eval.recall_values))
-        metrics[split] = _broadcast(result.metrics if result else None, ctx)
+            try:
+                result = _score_on_main(split, database, queries, db_records, q_records, cfg,
+                                        per_crop, pca)
+                details[split], outcome = result, result.metrics
+            except Exception as e:  # shared, so the other ranks fail too instead of waiting
+                outcome = e
+        outcome = _broadcast(outcome, ctx)
+        if isinstance(outcome, Exception):
+            raise outcome
+        metrics[split] = outcome
     return EvalResults(metrics, details)
 
 

@@ -26,4 +26,5 @@ def preprocess_night(image: torch.Tensor, method: str) -> torch.Tensor:
         return F.autocontrast(image)
     if method == "equalize":
         return F.equalize(image)
-    raise ValueError(f"unknown night pre-processing {method!r} (known: {', '.join(NIGHT_PREPROCESS)})")
+    known = ", ".join(NIGHT_PREPROCESS)
+    raise ValueError(f"unknown night pre-processing {method!r} (known: {known})")

@@ -27,7 +27,8 @@ def check_same_architecture(states: Sequence[StateDict], names: Sequence[str]) -
     ref = states[0]
     for state, name in zip(states[1:], names[1:]):
         if state.keys() != ref.keys():
-            raise CheckpointError(f"{name}: parameters differ from {names[0]} (not one architecture)")
+            raise CheckpointError(
+                f"{name}: parameters differ from {names[0]} (not one architecture)")
         for key, value in state.items():
             if value.shape != ref[key].shape:
                 raise CheckpointError(

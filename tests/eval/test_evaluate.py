@@ -2,7 +2,6 @@ import socket
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -67,7 +66,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _extract_on_rank(rank: int, world: int, port: int, paths: list[str], out: str) -> None:
+def _extract_on_rank(rank: int, world: int, port: int, root: str, paths: list[str], out: str):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
@@ -76,22 +75,28 @@ def _extract_on_rank(rank: int, world: int, port: int, paths: list[str], out: st
         plain = extract_descriptors(tiny_model(), paths, ctx, batch_size=4)
         crops = extract_descriptors(tiny_model(), paths, ctx, batch_size=4,
                                     views=query_views("five_crops"))
+        cfg = build_config(overrides=OVERRIDES)
+        recalls = evaluate(tiny_model(), root, cfg, ctx, splits=["val"])["val"]
         if rank == 1:  # the non-main rank also receives everything
-            np.savez(out, plain=plain, crops=crops)
+            np.savez(out, plain=plain, crops=crops,
+                     recalls=[recalls[f"recall_at_{n}"] for n in cfg.eval.recall_values])
     finally:
         dist.destroy_process_group()
 
 
-def test_two_rank_extraction_equals_single_process(known_dataset, tmp_path):
+def test_two_ranks_equal_single_process(known_dataset, tmp_path):
     records, _ = list_images(known_dataset / "val" / "queries")  # 13 images: an uneven split
     paths = [r.path for r in records]
     out = tmp_path / "rank1.npz"
-    mp.start_processes(_extract_on_rank, args=(2, _free_port(), paths, str(out)), nprocs=2,
-                       start_method="spawn", join=True)
+    args = (2, _free_port(), str(known_dataset), paths, str(out))
+    mp.start_processes(_extract_on_rank, args=args, nprocs=2, start_method="spawn", join=True)
     got = np.load(out)
     single = extract_descriptors(tiny_model(), paths, single_process(), batch_size=4)
     assert got["plain"].shape == (13, 16) and got["crops"].shape == (13, 5, 16)
     np.testing.assert_allclose(got["plain"], single, atol=1e-5)
+    cfg = build_config(overrides=OVERRIDES)
+    alone = evaluate(tiny_model(), known_dataset, cfg, single_process(), splits=["val"])["val"]
+    assert got["recalls"].tolist() == [alone[f"recall_at_{n}"] for n in cfg.eval.recall_values]
 
 
 def test_pca_fitted_on_train_images_of_the_tiny_world(tiny_world):
