@@ -73,3 +73,15 @@ def test_loader_skips_counts_and_names_corrupt_samples(train_root, shard_overrid
         loader = build_train_loader(cfg, 0, single_process(), epoch=0)
         for _ in range(manifest["groups"][0]["num_samples"]):
             next(loader)
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_loader_fails_clearly_when_nothing_is_readable(train_root, shard_overrides, tmp_path, backend):
+    out = tmp_path / "shards"
+    cfg = build_config(overrides=[*shard_overrides, f"data.shards={out}", f"data.loader={backend}",
+                                  "data.image_size=16", "train.batch_size=4", "data.num_workers=0"])
+    manifest = write_shards(train_root, out, cfg.data)
+    for shard in manifest["groups"][1]["shards"]:
+        truncate(out / shard["file"], 100)
+    with pytest.raises(DataError, match="readable"):
+        next(build_train_loader(cfg, 1, single_process(), epoch=0))
