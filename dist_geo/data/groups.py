@@ -5,7 +5,8 @@ A class is a cell of M x M metres and a heading sector of alpha degrees:
 A group takes one class out of every N x N cells and L sectors, so that the classes of a group
 are at least M*(N-1) metres (or alpha*(L-1) degrees) apart and never see the same place:
     group = ((e mod M*N) // M, (n mod M*N) // M, (h mod alpha*L) // alpha)
-computed on the class's rounded coordinates. Classes with fewer than `min_images_per_class`
+computed on the class's rounded coordinates (headings are taken modulo 360, so 360 is 0;
+names without a heading go to sector 0). Classes with fewer than `min_images_per_class`
 images are dropped; groups come in the order their first image is met (the images sorted by
 path), as in CosPlace, and so do the classes within a group.
 

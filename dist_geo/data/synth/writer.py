@@ -70,7 +70,7 @@ PRESETS: dict[str, WorldSpec] = {
                       db_spacing=10.0, db_headings=4, queries=24),
     "demo": WorldSpec(),
     "bench": WorldSpec(image_size=128, area=480.0, eval_area=300.0, train_images=60000,
-                       db_spacing=5.0, db_headings=8, queries=1000),
+                       db_spacing=8.0, db_headings=8, queries=1000),
 }
 
 
