@@ -281,7 +281,12 @@ def write_world(out: str | Path, seed: int = 0, preset: str = "demo", **sizes) -
         tmp.mkdir()
         split_counts = _write_split(city, spec, lay, split, tmp, seed, namer)
         (tmp / ".counts.json").write_text(json.dumps(split_counts))
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not final.exists():
+                raise
+            shutil.rmtree(tmp)  # a concurrent writer of the same world finished it first
         counts.update(split_counts)
         log.info("%s: %s written in %.1f s (%s)", out, split, time.perf_counter() - start, split_counts)
     train_list = out / "train" / "images_paths.txt"
@@ -297,5 +302,5 @@ def write_world(out: str | Path, seed: int = 0, preset: str = "demo", **sizes) -
     tmp_json = out / "world.json.tmp"
     tmp_json.write_text(json.dumps(info, indent=2) + "\n")
     tmp_json.replace(world_json)
-    partial.unlink()
+    partial.unlink(missing_ok=True)
     return out
