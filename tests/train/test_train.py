@@ -124,3 +124,22 @@ def test_two_ranks_then_resliced_resume_on_one(train_overrides, tmp_path):
     resumed = train(cfg, single_process())
     assert resumed["steps"] == 4
     assert json.loads((out / "checkpoints/last/manifest.json").read_text())["world_size"] == 1
+
+
+def test_zero2_bf16_resume_is_exact(train_overrides, tmp_path):
+    """ZeRO-2 partitions and bf16 master weights go through the checkpoint (weights_only) too."""
+    ctx = single_process()
+    common = train_overrides + ["train.zero_stage=2", "train.precision=bf16", "optim.name=sgd",
+                                "optim.clip_grad_norm=1.0", "train.validate=false",
+                                "train.test=false", "tracking.enabled=false"]
+    straight = train(build_config(overrides=common + [
+        "train.epochs_num=2", f"train.out={tmp_path / 'a'}"]), ctx)
+    train(build_config(overrides=common + ["train.epochs_num=1", f"train.out={tmp_path / 'b'}"]),
+          ctx)
+    resumed = train(build_config(overrides=common + [
+        "train.epochs_num=2", f"train.out={tmp_path / 'b'}", "train.resume=true"]), ctx)
+    a, b = Path(straight["last_checkpoint"]), Path(resumed["last_checkpoint"])
+    assert (b / "engine/optimizer_rank000.pt").is_file()
+    for name in ["model.pt", head_file(0, 0), head_file(1, 0), "engine/optimizer_rank000.pt"]:
+        for x, y in zip(_load(a, name), _load(b, name), strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)
