@@ -10,12 +10,12 @@ DALIGenericIterator end a pass, after which the next pass starts (endless stream
 augmentations are those of dist_geo/data/augment.py; the night light is folded into
 crop_mirror_normalize's per-sample mean and std.
 
-Corrupt data: a DALI pipeline cannot skip a sample, it stops. So shards are checked against
-their index before the pipeline is built (a truncated tar is left out), and when decoding
-fails the rank's shards are scanned for undecodable images, which are left out of rewritten
-index files (in a temporary folder); the pipeline is rebuilt and the pass continues. Each such
-sample is reported by shard and key like the torch loader's (after such a rebuild the
-stream is no longer the one an intact shard set would give).
+Corrupt data: a DALI pipeline cannot skip a sample, it stops. So each tar is checked against
+its index before the pipeline is built (a truncated tar is read through a rewritten index of
+its whole samples, in a temporary folder), and when decoding fails the shards are scanned
+for undecodable images, which are left out of rewritten indexes the same way, and the
+pipeline is rebuilt. Each sample left out is reported by shard and key like the torch
+loader's (after a rebuild the stream is no longer the one intact shards would give).
 
 DALI's CPU threads are cfg.data.num_workers (at least 1). `start_batch` replays and drops
 that many batches: DALI is deterministic given its seed, but it cannot skip without decoding.
@@ -106,19 +106,19 @@ def _entry_key_end(entry: str) -> tuple[str, int]:
     return name[:-len(ext) - 1], max(int(off) + int(size) for _, off, size, _ in members)
 
 
-def _truncation(tar: str) -> Fault | None:
-    """A fault when the tar is shorter than its index says (or it or its index is missing)."""
-    idx = index_path(Path(tar))
+def _readable_entries(tar: str) -> tuple[list[str], Fault | None]:
+    """The index lines of the samples wholly inside the tar, and a fault if some are not."""
     try:
         size = Path(tar).stat().st_size
-        entries = _index_entries(idx)
+        entries = _index_entries(index_path(Path(tar)))
     except OSError as e:
-        return Fault(tar, "", f"unreadable shard or index ({e})")
-    for entry in entries:
-        key, end = _entry_key_end(entry)
-        if end > size:
-            return Fault(tar, key, f"truncated tar (ends at byte {size}, this sample at {end}); shard left out")
-    return None
+        return [], Fault(tar, "", f"unreadable shard or index ({e})")
+    kept = [e for e in entries if _entry_key_end(e)[1] <= size]
+    if len(kept) == len(entries):
+        return kept, None
+    first = _entry_key_end(entries[len(kept)])[0]
+    return kept, Fault(tar, first, f"truncated tar (ends at byte {size}): this sample and the "
+                                   f"{len(entries) - len(kept) - 1} after it left out")
 
 
 def _undecodable(tar: str) -> tuple[set[str], list[Fault]]:
@@ -148,20 +148,30 @@ class DaliTrainLoader:
         self.gpu = ctx.device.type == "cuda"
         self._index_dir: tempfile.TemporaryDirectory | None = None
         self._left_out: set[tuple[str, str]] = set()  # (tar, key) of undecodable samples
-        self.tars: dict[str, str] = {}  # tar -> index file in use
-        found = []
+        self._rewritten: list[str] = []  # tars read through a rewritten index, in order
+        self.tars = {tar: str(index_path(Path(tar))) for tar, _ in share.all_shards}  # -> index
         for tar, _ in share.all_shards:
-            fault = _truncation(tar)
+            entries, fault = _readable_entries(tar)
             if fault:
-                found.append(fault)
-            else:
-                self.tars[tar] = str(index_path(Path(tar)))
-        self.faults.add_all(found)
+                self.faults.add_all([fault])
+                self._use_index(tar, entries)
         if not self.tars:
             raise DataError(f"{share.all_shards[0][0]}: no readable shard in this group")
         self._iter = self._build()
         for _ in range(start_batch):
             next(self)
+
+    def _use_index(self, tar: str, entries: list[str]) -> None:
+        """Read `tar` through an index of only `entries` (written in a temporary folder)."""
+        if not entries:
+            del self.tars[tar]
+            return
+        if self._index_dir is None:
+            self._index_dir = tempfile.TemporaryDirectory(prefix="dist_geo_idx_")
+        idx = Path(self._index_dir.name) / f"{len(self._rewritten)}.idx"
+        self._rewritten.append(tar)
+        idx.write_text(f"v1.2 {len(entries)}\n" + "\n".join(entries) + "\n")
+        self.tars[tar] = str(idx)
 
     def _build(self) -> DALIGenericIterator:
         data = self.cfg.data
@@ -191,16 +201,10 @@ class DaliTrainLoader:
             raise DataError(f"DALI pipeline failed on shards whose images all decode with "
                             f"torchvision: {str(error).splitlines()[-1]}") from error
         self.faults.add_all(found)
-        if self._index_dir is None:
-            self._index_dir = tempfile.TemporaryDirectory(prefix="dist_geo_idx_")
-        for n, (tar, bad) in enumerate(bad_keys.items()):
-            kept = [e for e in _index_entries(Path(self.tars[tar])) if _entry_key_end(e)[0] not in bad]
+        for tar, bad in bad_keys.items():
             self._left_out |= {(tar, key) for key in bad}
-            idx = Path(self._index_dir.name) / f"{n}-{Path(tar).stem}.idx"
-            idx.write_text(f"v1.2 {len(kept)}\n" + "\n".join(kept) + "\n")
-            self.tars[tar] = str(idx)
-            if not kept:
-                del self.tars[tar]
+            kept = [e for e in _index_entries(Path(self.tars[tar])) if _entry_key_end(e)[0] not in bad]
+            self._use_index(tar, kept)
         if not self.tars:
             raise DataError("no decodable sample left in this group's shards")
         self._iter = self._build()
