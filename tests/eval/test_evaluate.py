@@ -2,6 +2,7 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -105,3 +106,16 @@ def test_pca_fitted_on_train_images_of_the_tiny_world(tiny_world):
     results = evaluate(tiny_model(), tiny_world, cfg, single_process(), splits=["val"])
     assert results["val"]["queries"] > 0
     assert results.details["val"].predictions.shape[1] == 20
+
+
+def test_load_image_resizes_and_reports_unreadable_files(known_dataset, tmp_path):
+    from dist_geo.errors import DataError
+    from dist_geo.eval.features import load_image
+
+    records, _ = list_images(known_dataset / "val" / "database")
+    image = load_image(records[0].path, image_size=20)
+    assert image.shape == (3, 20, 20) and image.dtype == torch.float32
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="broken.jpg"):
+        load_image(str(broken))
