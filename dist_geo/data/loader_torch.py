@@ -9,6 +9,12 @@ i % W and the stream is a function of (seed, rank, worker count) alone: every ra
 is seeded, the augmentation of sample n of worker w by seed (seed, w, n). That is also what
 makes `start_batch` cheap and exact: each worker skips its share of the samples before
 decoding them.
+
+The pipeline is assembled from webdataset stages rather than `wds.WebDataset`, whose shard
+opening hands errors over without the member's key and whose `shardshuffle`/`empty_check`
+concern finite shard lists: here the shard order is explicit (seeded per pass) and a worker
+takes every W-th shard of the endless pass sequence, so no worker is ever empty, even with
+fewer shards than workers.
 """
 from __future__ import annotations
 
