@@ -39,6 +39,8 @@ def run_sweep(
     """Run (or resume) `sweep`; the report is written to its `out` even when interrupted."""
     from ray import tune
 
+    # Every epoch checkpoints, so Tune's state is snapshotted often: expected, not a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     out = sweep.out.resolve()
     experiment = out / EXPERIMENT
     _check_runnable(sweep, experiment, resume)
@@ -62,7 +64,6 @@ def run_sweep(
             tune_config=tune.TuneConfig(
                 metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
                 scheduler=build_scheduler(sweep), search_alg=build_search(sweep),
-                max_concurrent_trials=sweep.max_concurrent_trials or None,
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
@@ -76,7 +77,7 @@ def run_sweep(
             ),
         )
     results = tuner.fit()
-    complete = results.num_terminated + results.num_errors == len(results)
+    complete = results.num_terminated + results.num_errors == sweep.num_trials()
     if not complete:
         log.warning("sweep interrupted: resume it with `dist-geo tune %s --resume`", sweep.path)
     return SweepResult(report.finish(sweep, results, parent, out, complete), complete)
@@ -119,8 +120,6 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Every epoch checkpoints, so Tune's state is snapshotted often: expected, not a warning.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address)
     else:
@@ -157,7 +156,11 @@ def build_search(sweep: Sweep):
     if sweep.search["name"] == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=seed)  # its default sampler is TPE
+        from ray.tune.search import ConcurrencyLimiter
+
+        searcher = OptunaSearch(seed=seed)  # its default sampler is TPE
+        limit = sweep.max_concurrent_trials
+        return ConcurrencyLimiter(searcher, limit) if limit else searcher
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=sweep.max_concurrent_trials)

@@ -36,6 +36,7 @@ values outside a field's choices or range, domains Optuna or PBT cannot take.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,12 @@ class Sweep:
 
     def param_space(self) -> dict[str, Any]:
         return {key: domain.to_ray() for key, domain in self.space.items()}
+
+    def num_trials(self) -> int:
+        """num_samples for every point of the grid (random and Optuna: num_samples)."""
+        return self.num_samples * math.prod(
+            len(d.values) for d in self.space.values() if d.kind == "grid"
+        )
 
     def swept_keys(self) -> set[str]:
         """The config keys the space changes (coupled groups count with all their keys)."""

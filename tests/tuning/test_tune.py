@@ -1,0 +1,124 @@
+"""Acceptance: a 4-trial ASHA sweep on the tiny world, interrupted and resumed, in MLflow,
+whose best_config.yaml trains as is.
+
+One Ray session (2 CPUs, trials one at a time so that ASHA's decisions do not depend on which
+trial finishes first). Half the grid has 1-dimensional descriptors, whose recall is far below
+the others' (grid order: cosface/16, arcface/16, cosface/1, arcface/1): ASHA must stop the
+third early. A callback interrupts the sweep (SIGINT, as Ctrl-C) when
+three trials have completed; the resumed sweep must run the last one and leave the others'
+checkpoints untouched.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+from mlflow.tracking import MlflowClient  # noqa: E402
+from ray import tune  # noqa: E402
+
+from dist_geo.cli import main as dist_geo_main  # noqa: E402
+from tuning.runner import run_sweep  # noqa: E402
+from tuning.sweep import load_sweep  # noqa: E402
+
+EPOCHS = 3
+
+
+class InterruptAfter(tune.Callback):
+    """Ctrl-C once `count` trials have completed (once per test: the marker survives restore)."""
+
+    def __init__(self, count: int, marker: Path):
+        self.count, self.marker, self.seen = count, marker, 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.seen += 1
+        if self.seen >= self.count and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture
+def sweep_file(tiny_world: Path, tmp_path: Path) -> Path:
+    sweep = {
+        "name": "acceptance",
+        "base": {
+            "data": {
+                "dataset": str(tiny_world), "shards": str(tmp_path / "shards"), "loader": "torch",
+                "image_size": 32, "num_workers": 0, "M": 10, "alpha": 30, "N": 5, "L": 2,
+                "groups_num": 2, "min_images_per_class": 3, "shard_size": 16,
+            },
+            "model": {"backbone": "resnet18", "fc_output_dim": 16},
+            "train": {"epochs_num": EPOCHS, "iterations_per_epoch": 2, "batch_size": 4,
+                      "device": "cpu", "test": False},
+            "eval": {"batch_size": 64},
+        },
+        "space": {
+            "model.fc_output_dim": {"grid": [16, 1]},
+            "loss": {"grid": [{"loss.name": "cosface", "loss.s": 30, "loss.m": 0.4},
+                              {"loss": {"name": "arcface", "s": 64, "m": 0.5}}]},
+        },
+        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+        "max_concurrent_trials": 1,
+        "out": str(tmp_path / "sweep"),
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_asha_sweep_interrupted_resumed_tracked_and_best_config_trains(
+    sweep_file: Path, tmp_path: Path, local_ray
+):
+    sweep = load_sweep(sweep_file)
+    out = sweep.out
+    first = run_sweep(sweep, callbacks=[InterruptAfter(3, tmp_path / "interrupted")])
+    assert not first.complete
+    done = set(first.table["trial_id"])
+    assert len(done) >= 3
+    manifests = {t: out / "trials" / t / "checkpoints" / "last" / "manifest.json" for t in done}
+    stamps = {t: p.stat().st_mtime_ns for t, p in manifests.items()}
+
+    result = run_sweep(load_sweep(sweep_file), resume=True)
+
+    assert result.complete
+    table = result.table
+    assert len(table) == 4
+    assert {t: p.stat().st_mtime_ns for t, p in manifests.items()} == stamps  # not rerun
+    assert (table["epochs_run"] < EPOCHS).any()  # ASHA stopped someone
+    assert table.iloc[0]["model.fc_output_dim"] == 16
+
+    client = MlflowClient(f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dist-geo").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 4
+    assert parents[0].info.status == "FINISHED"
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val_recall_at_1")
+        assert len(history) == int(table.set_index("trial_id").loc[
+            child.data.tags["tune.trial_id"], "epochs_run"])
+        assert child.data.params["loss.name"] in ("cosface", "arcface")
+    assert sum(c.data.tags["tune.stopped_early"] == "true" for c in children) >= 1
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"results.csv", "best_config.yaml", "plots"} <= artifacts
+    assert (out / "plots" / "learning_curves.png").stat().st_size > 0
+
+    best = out / "best_config.yaml"
+    assert yaml.safe_load(best.read_text())["loss"]["name"] == table.iloc[0]["loss.name"]
+    retrain = tmp_path / "retrain"
+    assert dist_geo_main([
+        "train", "--config", str(best), "train.epochs_num=1", f"train.out={retrain}",
+        "tracking.enabled=false",
+    ]) == 0
+    assert (retrain / "checkpoints" / "best" / "model.pt").exists()
