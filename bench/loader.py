@@ -4,7 +4,8 @@ All three read the same images of one CosPlace group of a synthetic world (writt
 cached under --out, as are its shards), apply the same augmentations (random resized crop,
 colour jitter, flip, normalisation; dist_geo/data/augment.py) and produce the same
 (images, labels) batches, side by side in one run; prints one JSON object. The first
---warmup batches of each (start-up, worker spawn, shuffle-buffer fill) are not timed.
+--warmup batches of each (start-up, worker spawn, shuffle-buffer fill) are not timed; each loader runs in a process
+of its own.
 
     python bench/loader.py [--images 1000] [--source-size 160] [--image-size 128]
                            [--batch 32] [--batches 20] [--workers 2] [--out runs/bench_loader]
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from dist_geo.distributed import single_process
 from shards.writer import write_shards
 
 # One group holding every class (N = L = 1), every class kept: the whole train split.
+LOADERS = ("dali_cpu", "torch_shards", "torch_folder")
 GROUPING = ["data.M=10", "data.alpha=30", "data.N=1", "data.L=1", "data.groups_num=1",
             "data.min_images_per_class=1", "data.sampling=image_uniform",
             "data.augment.hflip=true"]
@@ -73,6 +77,15 @@ def images_per_s(batches, n: int, warmup: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def measure(name: str, cfg: Config, args: argparse.Namespace) -> float:
+    if name == "torch_folder":
+        batches = endless(folder_loader(cfg))
+    else:
+        cfg.data.loader = "dali" if name == "dali_cpu" else "torch"
+        batches = build_train_loader(cfg, 0, single_process(), epoch=0)
+    return images_per_s(batches, args.batches, args.warmup)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
@@ -83,6 +96,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers / DALI threads")
     parser.add_argument("--out", default="runs/bench_loader")
+    parser.add_argument("--only", choices=LOADERS, help=argparse.SUPPRESS)  # one, in this process
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -94,18 +108,16 @@ def main() -> None:
         f"data.image_size={args.image_size}", f"train.batch_size={args.batch}",
         f"data.num_workers={args.workers}", "data.shard_size=200",
     ])
+    if args.only:
+        print(json.dumps({args.only: measure(args.only, cfg, args)}))
+        return
     write_shards(world, shards, cfg.data)
-    ctx = single_process()
-
+    # Each loader in a fresh process, so none inherits another's threads, workers or memory.
     results = {}
-    for name in ("dali_cpu", "torch_shards", "torch_folder"):
-        if name == "torch_folder":
-            batches = endless(folder_loader(cfg))
-        else:
-            cfg.data.loader = "dali" if name == "dali_cpu" else "torch"
-            batches = build_train_loader(cfg, 0, ctx, epoch=0)
-        results[name] = round(images_per_s(batches, args.batches, args.warmup), 1)
-        del batches
+    for name in LOADERS:
+        run = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", name],
+                             check=True, capture_output=True, text=True)
+        results[name] = round(json.loads(run.stdout.strip().splitlines()[-1])[name], 1)
     print(json.dumps({
         "images_per_s": results, "images": args.images, "source_size": args.source_size,
         "image_size": args.image_size, "batch": args.batch, "batches": args.batches,
