@@ -42,7 +42,7 @@ def sample_lighting(rng: np.random.Generator, kind: str) -> Lighting:
     if kind == "night":
         glow = rng.uniform(0.05, 0.14)
         return Lighting(
-            ambient=rng.uniform(0.05, 0.12), sun=0.0, haze=rng.uniform(90, 200),
+            ambient=rng.uniform(0.15, 0.3), sun=0.0, haze=rng.uniform(120, 250),
             sky_horizon=(glow * 1.1, glow * 0.9, glow * 1.6), sky_top=(0.01, 0.02, 0.07),
             tint=(rng.uniform(0.6, 0.85), rng.uniform(0.75, 0.95), 1.0),
             exposure=rng.uniform(0.8, 1.4), gamma=rng.uniform(0.8, 1.2), night=True,
