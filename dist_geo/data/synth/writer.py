@@ -163,7 +163,7 @@ def _write_panoramas(city: City, spec: WorldSpec, folder: Path, points: np.ndarr
                      crops: int, kind: str, seed: tuple[int, ...], namer: _Namer,
                      tag: str, per_folder: int = 0, limit: int | None = None) -> list[str]:
     names: list[str] = []
-    for p, (x, y) in enumerate(tqdm(points, desc=folder.name, unit="pano", leave=False)):
+    for p, (x, y) in enumerate(tqdm(points, desc=f"{kind} panoramas", unit="pano", leave=False)):
         rng = np.random.default_rng((*seed, p))
         light = sample_lighting(rng, kind)
         for tile, (heading, img) in enumerate(
@@ -184,7 +184,7 @@ def _write_queries(city: City, spec: WorldSpec, folder: Path, segments: np.ndarr
     S = spec.image_size
     big = int(np.ceil(S * 1.3))  # margin so that a rolled image still fills the crop
     names = []
-    for q in tqdm(range(spec.queries), desc=folder.name, unit="image", leave=False):
+    for q in tqdm(range(spec.queries), desc="night queries" if night else "queries", leave=False):
         rng = np.random.default_rng((*seed, q))
         x, y = _point_on_streets(segments, rng, lateral=3.0)
         heading, roll = rng.uniform(0, 360), rng.uniform(-6, 6)
