@@ -53,6 +53,11 @@ def _constant(values) -> types.Constant:
     return types.Constant(np.asarray(values, dtype=np.float32))
 
 
+def _uniform(lo: float, hi: float):
+    """A per-sample factor in [lo, hi]; the constant when the range is empty (jitter off)."""
+    return fn.random.uniform(range=[lo, hi]) if hi > lo else lo
+
+
 def _augment(jpegs, aug: AugmentConfig, image_size: int, gpu: bool):
     """Decode + augmentation steps 1-5 of dist_geo/data/augment.py."""
     images = fn.decoders.image_random_crop(
@@ -63,10 +68,10 @@ def _augment(jpegs, aug: AugmentConfig, image_size: int, gpu: bool):
     hue = hue_degrees(aug.hue)
     images = fn.color_twist(
         images,
-        brightness=fn.random.uniform(range=jitter_range(aug.brightness)),
-        contrast=fn.random.uniform(range=jitter_range(aug.contrast)),
-        saturation=fn.random.uniform(range=jitter_range(aug.saturation)),
-        hue=fn.random.uniform(range=[-hue, hue]),
+        brightness=_uniform(*jitter_range(aug.brightness)),
+        contrast=_uniform(*jitter_range(aug.contrast)),
+        saturation=_uniform(*jitter_range(aug.saturation)),
+        hue=_uniform(-hue, hue),
     )
     night = fn.cast(fn.random.coin_flip(probability=night_light_probability(aug)), dtype=types.FLOAT)
     gains = 1.0 + night * (_constant(NIGHT_LIGHT_GAINS) - 1.0)  # 1 where no night light

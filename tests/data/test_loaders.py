@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dist_geo.config import build_config
-from dist_geo.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from dist_geo.data.augment import IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS
 from dist_geo.data.loader import build_train_loader, rank_shards
 from dist_geo.data.loader_dali import dali_pass_keys
 from dist_geo.data.loader_torch import pass_keys
@@ -88,3 +88,18 @@ def test_deterministic_and_exact_resume_with_workers(shard_dir, backend):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first[3:], resumed))
     assert not torch.equal(first[0][0], other_epoch[0][0])
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_night_light_is_the_shared_per_channel_gain(shard_dir, backend):
+    """Same seed, night light off vs always on: the same crops, scaled by NIGHT_LIGHT_GAINS."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rgb = {}
+    for night in ("false", "true"):
+        cfg = config(shard_dir, f"data.loader={backend}", f"data.augment.night_light={night}",
+                     "data.augment.night_light_p=1.0", "data.augment.hflip=true",
+                     "data.augment.brightness=0", "data.augment.hue=0")  # jitter partly off
+        images, _ = next(build_train_loader(cfg, 0, single_process(), epoch=0))
+        rgb[night] = images * std + mean
+    gains = torch.tensor(NIGHT_LIGHT_GAINS).view(3, 1, 1)
+    torch.testing.assert_close(rgb["true"], rgb["false"] * gains, atol=1e-4, rtol=1e-4)
