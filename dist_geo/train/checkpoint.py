@@ -75,11 +75,18 @@ def _save(obj: Any, path: Path) -> None:
     torch.save(obj, path)
 
 
-def _load(path: Path, expected_sha256: str | None) -> Any:
+def _verified(directory: Path, manifest: dict[str, Any], name: str) -> Path:
+    """`directory/name`, after checking it exists and matches its sha256 in the manifest."""
+    path = directory / name
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file missing")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+    if sha256_file(path) != manifest["files"].get(name):
         raise CheckpointError(f"{path}: sha256 does not match the checkpoint manifest (corrupt)")
+    return path
+
+
+def _read(directory: Path, manifest: dict[str, Any], name: str) -> Any:
+    path = _verified(directory, manifest, name)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle and format errors all mean "unusable file"
@@ -233,10 +240,6 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _read(directory: Path, manifest: dict[str, Any], name: str) -> Any:
-    return _load(directory / name, manifest["files"].get(name, ""))
-
-
 def read_head(
     directory: Path, manifest: dict[str, Any], group: int, rank: int, world_size: int
 ) -> dict[str, Any]:
@@ -351,7 +354,7 @@ def load_checkpoint(
         optimizer.load_state_dict(part["optimizer"])
     rng_rank = ctx.rank if ctx.rank < saved_world else 0
     tensors = _read(directory, manifest, f"rng/rank_{rng_rank:03d}.pt")
-    plain = json.loads((directory / f"rng/rank_{rng_rank:03d}.json").read_text())
+    plain = json.loads(_verified(directory, manifest, f"rng/rank_{rng_rank:03d}.json").read_text())
     set_rng_state(tensors, plain)
     return RunState(
         position=Position(**manifest["position"]),

@@ -18,7 +18,6 @@ the same weights as 2 epochs.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import random
 import time
@@ -229,11 +228,7 @@ class Trainer:
 
     def final_test(self) -> dict[str, float]:
         """The best checkpoint's network on eval.splits (test, test-night)."""
-        from dist_geo.model.network import build_model
-
-        model = build_model(dataclasses.replace(self.cfg.model, weights="")).to(self.ctx.device)
-        best = ckpt.resolve(self.checkpoints / "best")
-        model.load_state_dict(torch.load(best / "model.pt", map_location="cpu", weights_only=True))
+        model = ckpt.load_model(self.checkpoints / "best", self.ctx.device)
         return run_evaluation(model, self.cfg, self.ctx, list(self.cfg.eval.splits))
 
     def run(self, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
