@@ -125,6 +125,8 @@ def _write_group(g: int, group: Group, out_dir: Path, data_cfg: DataConfig,
     plan = plan_samples(group, data_cfg.sampling, rng)
     folder = group_dir(out_dir, g)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".shard-*.tmp"):  # an interrupted run's partial shard
+        stale.unlink()
     shards, bad = [], []
     for i, start in enumerate(range(0, len(plan), data_cfg.shard_size)):
         tar = folder / shard_name(i)
@@ -142,6 +144,8 @@ def _write_group(g: int, group: Group, out_dir: Path, data_cfg: DataConfig,
                     log.warning("skipped: %s", e)
                     continue
                 samples.append(_sample(f"g{g:02d}-{pos:08d}", label, g, group, record, data))
+            if not samples:
+                continue
             count = _write_shard(tar, samples)
         shards.append({"file": str(tar.relative_to(out_dir)), "samples": count,
                        "sha256": sha256_file(tar)})
