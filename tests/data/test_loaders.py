@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from dist_geo.config import build_config
 from dist_geo.data.augment import IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS
 from dist_geo.data.loader import build_train_loader, rank_shards
 from dist_geo.data.loader_dali import dali_pass_keys
 from dist_geo.data.loader_torch import pass_keys
-from dist_geo.distributed import DistContext, single_process
+from dist_geo.distributed import DistContext, init_distributed, shutdown, single_process
 from shards.reading import iter_samples
 from shards.writer import write_shards
 
@@ -103,3 +107,42 @@ def test_night_light_is_the_shared_per_channel_gain(shard_dir, backend):
         rgb[night] = images * std + mean
     gains = torch.tensor(NIGHT_LIGHT_GAINS).view(3, 1, 1)
     torch.testing.assert_close(rgb["true"], rgb["false"] * gains, atol=1e-4, rtol=1e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keys_on_rank(rank: int, world: int, port: int, shard_dir: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    try:
+        cfg = config(Path(shard_dir), "data.loader=dali")
+        share = rank_shards(shard_dir, 0, ctx)
+        keys = {"torch": [k for k, _ in pass_keys(share, cfg, seed=rank)[0]],
+                "dali": [k for k, _ in dali_pass_keys(share, cfg, seed=rank, ctx=ctx)]}
+        images, labels = next(build_train_loader(cfg, 0, ctx, epoch=0))
+        keys["batch"] = [list(images.shape), str(labels.dtype)]
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, keys)
+        if rank == 0:
+            Path(out).write_text(json.dumps(gathered))
+    finally:
+        shutdown()
+
+
+def test_two_processes_split_the_group_between_them(shard_dir, tmp_path):
+    out = tmp_path / "keys.json"
+    mp.start_processes(_keys_on_rank, args=(2, _free_port(), str(shard_dir), str(out)),
+                       nprocs=2, start_method="spawn", join=True)
+    ranks = json.loads(out.read_text())
+    expected = sorted(s["__key__"] for path, _ in rank_shards(shard_dir, 0, single_process()).all_shards
+                      for s in iter_samples(path))
+    for backend in ("torch", "dali"):
+        assert not set(ranks[0][backend]) & set(ranks[1][backend])
+        assert sorted(ranks[0][backend] + ranks[1][backend]) == expected
+    assert ranks[0]["batch"] == ranks[1]["batch"] == [[8, 3, 32, 32], "torch.int64"]
