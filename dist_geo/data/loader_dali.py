@@ -46,7 +46,7 @@ from shards.reading import Fault, ShardReadError, iter_samples
 log = logging.getLogger(__name__)
 
 READER = "shards"
-SOURCE_INFO_BYTES = 512  # "<tar>:<offset>:<key>.jpg", padded so DALIGenericIterator gets a dense tensor
+SOURCE_INFO_BYTES = 4096  # "<tar>:<offset>:<key>.jpg", padded so DALIGenericIterator gets a dense tensor
 
 
 def _constant(values) -> types.Constant:
