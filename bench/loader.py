@@ -27,10 +27,10 @@ from dist_geo.config import Config, build_config
 from dist_geo.data.augment import torch_transform
 from dist_geo.data.groups import build_groups
 from dist_geo.data.loader import build_train_loader
-from dist_geo.data.loader_torch import decode_rgb
 from dist_geo.data.synth.writer import write_world
 from dist_geo.data.vg_format import list_images
 from dist_geo.distributed import single_process
+from shards.reading import decode_rgb
 from shards.writer import write_shards
 
 # One group holding every class (N = L = 1), every class kept: the whole train split.

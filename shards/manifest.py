@@ -57,6 +57,19 @@ def index_path(tar: Path) -> Path:
     return tar.with_suffix(".idx")
 
 
+def index_entries(idx: Path) -> list[str]:
+    """The sample lines of a wds2idx index file (after its `v1.2 <count>` header line)."""
+    return idx.read_text().splitlines()[1:]
+
+
+def entry_key_end(entry: str) -> tuple[str, int]:
+    """(key, end offset of its last member) of an index line `ext offset size name ...`."""
+    fields = entry.split()
+    members = [fields[i:i + 4] for i in range(0, len(fields), 4)]
+    ext, name = members[0][0], members[0][3]
+    return name[:-len(ext) - 1], max(int(off) + int(size) for _, off, size, _ in members)
+
+
 def encode_label(label: int) -> bytes:
     return np.array([label], dtype=LABEL_DTYPE).tobytes()
 
@@ -109,6 +122,6 @@ def group_entry(manifest: dict[str, Any], group_index: int, out_dir: Path) -> di
 
 __all__ = [
     "LABEL_DTYPE", "MANIFEST", "PARAMS", "SAMPLE_EXTENSIONS", "decode_label", "encode_label",
-    "group_dir", "group_entry", "index_path", "read_manifest", "sha256_file", "shard_name",
-    "shards_dir", "write_json_atomic",
+    "entry_key_end", "group_dir", "group_entry", "index_entries", "index_path", "read_manifest",
+    "sha256_file", "shard_name", "shards_dir", "write_json_atomic",
 ]

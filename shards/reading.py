@@ -4,6 +4,8 @@ webdataset's own tar expander hands its error handler an exception that names th
 the member being read, so a truncated shard could not be reported by key. This reader (used by
 `verify_shards` and the torch loader) streams the tar with `tarfile` and groups the members of
 a sample by key, as webdataset does (`<key>.<ext>`, members of a key contiguous).
+`decode_rgb` is the one image decoder of the torch loader, the verifier and the DALI loader's
+search for the sample its decoder failed on, so all three reject the same images.
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from torchvision.io import ImageReadMode, decode_image
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,15 @@ class ShardReadError(Exception):
     def __init__(self, fault: Fault):
         super().__init__(str(fault))
         self.fault = fault
+
+
+def decode_rgb(data: bytes) -> torch.Tensor:
+    """A uint8 [3, H, W] image from encoded bytes; ValueError saying why it cannot be decoded."""
+    try:
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as e:
+        # torchvision prefixes "<function>, <source file>:<line>, " to libjpeg's message.
+        raise ValueError(f"undecodable image: {str(e).split(', ', 2)[-1]}") from None
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -71,4 +85,4 @@ def iter_samples(shard: str | Path) -> Iterator[dict[str, Any]]:
     if sample is not None:
         yield sample
 
-__all__ = ["Fault", "ShardReadError", "iter_samples", "split_key"]
+__all__ = ["Fault", "ShardReadError", "decode_rgb", "iter_samples", "split_key"]

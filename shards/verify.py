@@ -1,18 +1,18 @@
 """Check a shard folder against its manifest: checksum, sample count, readable members, images.
 
-Every image is decoded (PIL, fully), so this reads and decodes the whole folder once; each
-fault is reported by shard and sample key.
+Every image is decoded (shards.reading.decode_rgb, as the loaders do), so this reads and
+decodes the whole folder once; each fault is reported by shard and sample key.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
-from shards.manifest import SAMPLE_EXTENSIONS, decode_label, index_path, read_manifest, sha256_file
-from shards.reading import Fault, ShardReadError, iter_samples
+from shards.manifest import (
+    SAMPLE_EXTENSIONS, decode_label, entry_key_end, index_entries, index_path, read_manifest,
+    sha256_file,
+)
+from shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 
 
 @dataclass
@@ -33,13 +33,25 @@ def _check_sample(sample: dict, num_classes: int) -> str:
         return f"missing member(s) {', '.join('.' + m for m in missing)}"
     try:
         label = decode_label(sample["cls"])
-        with Image.open(io.BytesIO(sample["jpg"])) as im:
-            im.load()
-    except (OSError, ValueError, SyntaxError) as e:
+        decode_rgb(sample["jpg"])
+    except ValueError as e:
         return f"corrupt: {e}"
     if not 0 <= label < num_classes:
         return f"class index {label} outside 0..{num_classes - 1}"
     return ""
+
+
+def _index_faults(tar: Path, samples: int) -> list[Fault]:
+    """What is wrong with the DALI index of `tar`: missing, other count, beyond the tar's end."""
+    try:
+        entries = index_entries(index_path(tar))
+    except OSError:
+        return [Fault(str(tar), "", "missing DALI index")]
+    if len(entries) != samples:
+        return [Fault(str(tar), "", f"DALI index lists {len(entries)} samples instead of {samples}")]
+    size = tar.stat().st_size
+    beyond = [key for key, end in map(entry_key_end, entries) if end > size]
+    return [Fault(str(tar), key, f"beyond the end of the tar ({size} bytes)") for key in beyond[:1]]
 
 
 def _verify_shard(tar: Path, entry: dict, num_classes: int, report: VerifyReport) -> None:
@@ -47,8 +59,7 @@ def _verify_shard(tar: Path, entry: dict, num_classes: int, report: VerifyReport
     if not tar.exists():
         report.faults.append(Fault(name, "", "missing"))
         return
-    if not index_path(tar).exists():
-        report.faults.append(Fault(name, "", "missing DALI index"))
+    report.faults += _index_faults(tar, entry["samples"])
     if sha256_file(tar) != entry["sha256"]:
         report.faults.append(Fault(name, "", "checksum differs from the manifest"))
     count = 0

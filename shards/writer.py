@@ -43,8 +43,8 @@ from dist_geo.data.groups import Group, build_groups
 from dist_geo.data.vg_format import ImageRecord, list_images
 from dist_geo.errors import DataError
 from shards.manifest import (
-    MANIFEST, PARAMS, encode_label, group_dir, index_path, sha256_file, shard_name,
-    write_json_atomic,
+    MANIFEST, PARAMS, encode_label, group_dir, index_entries, index_path, sha256_file,
+    shard_name, write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,10 @@ def _write_shard(tar: Path, samples: list[dict]) -> int:
 
 
 def _count_indexed(tar: Path) -> int:
-    """Samples of a finished shard, from the first line of its index (`v1.2 <count>`)."""
+    """Samples of a finished shard, from its DALI index."""
     try:
-        return int(index_path(tar).read_text().split("\n", 1)[0].split()[1])
-    except (OSError, IndexError, ValueError):
+        return len(index_entries(index_path(tar)))
+    except OSError:
         raise DataError(f"{tar}: finished shard without a readable DALI index; delete it and re-run") from None
 
 

@@ -37,11 +37,10 @@ from dist_geo.data.augment import (
     jitter_range, night_light_probability,
 )
 from dist_geo.data.loader import FaultCounter, RankShards
-from dist_geo.data.loader_torch import decode_rgb
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
-from shards.manifest import index_path
-from shards.reading import Fault, ShardReadError, iter_samples
+from shards.manifest import entry_key_end, index_entries, index_path
+from shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 
 log = logging.getLogger(__name__)
 
@@ -98,30 +97,17 @@ def _train_pipeline(tars: list[str], indexes: list[str], shard_id: int, num_shar
     return _augment(jpegs, aug, image_size, gpu), labels
 
 
-def _index_entries(idx: Path) -> list[str]:
-    """The sample lines of a wds2idx index (after the `v1.2 <count>` header)."""
-    return idx.read_text().splitlines()[1:]
-
-
-def _entry_key_end(entry: str) -> tuple[str, int]:
-    """(key, end offset of its last member) of an index line `ext offset size name ...`."""
-    fields = entry.split()
-    members = [fields[i:i + 4] for i in range(0, len(fields), 4)]
-    ext, name = members[0][0], members[0][3]
-    return name[:-len(ext) - 1], max(int(off) + int(size) for _, off, size, _ in members)
-
-
 def _readable_entries(tar: str) -> tuple[list[str], Fault | None]:
     """The index lines of the samples wholly inside the tar, and a fault if some are not."""
     try:
         size = Path(tar).stat().st_size
-        entries = _index_entries(index_path(Path(tar)))
+        entries = index_entries(index_path(Path(tar)))
     except OSError as e:
         return [], Fault(tar, "", f"unreadable shard or index ({e})")
-    kept = [e for e in entries if _entry_key_end(e)[1] <= size]
+    kept = [e for e in entries if entry_key_end(e)[1] <= size]
     if len(kept) == len(entries):
         return kept, None
-    first = _entry_key_end(entries[len(kept)])[0]
+    first = entry_key_end(entries[len(kept)])[0]
     return kept, Fault(tar, first, f"truncated tar (ends at byte {size}): this sample and the "
                                    f"{len(entries) - len(kept) - 1} after it left out")
 
@@ -208,7 +194,7 @@ class DaliTrainLoader:
         self.faults.add_all(found)
         for tar, bad in bad_keys.items():
             self._left_out |= {(tar, key) for key in bad}
-            kept = [e for e in _index_entries(Path(self.tars[tar])) if _entry_key_end(e)[0] not in bad]
+            kept = [e for e in index_entries(Path(self.tars[tar])) if entry_key_end(e)[0] not in bad]
             self._use_index(tar, kept)
         if not self.tars:
             raise DataError("no decodable sample left in this group's shards")

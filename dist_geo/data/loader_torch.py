@@ -26,23 +26,13 @@ from dataclasses import dataclass
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_image
 
 from dist_geo.config import Config
 from dist_geo.data.augment import torch_transform
 from dist_geo.data.loader import FaultCounter, RankShards, derive_seed
 from dist_geo.errors import DataError
 from shards.manifest import decode_label
-from shards.reading import Fault, ShardReadError, iter_samples
-
-
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """A uint8 [3, H, W] image from encoded bytes; ValueError saying why it cannot be decoded."""
-    try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as e:
-        # torchvision prefixes "<function>, <source file>:<line>, " to libjpeg's message.
-        raise ValueError(f"undecodable image: {str(e).split(', ', 2)[-1]}") from None
+from shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 
 
 @dataclass(frozen=True)
@@ -191,4 +181,4 @@ def pass_keys(share: RankShards, cfg: Config, seed: int) -> tuple[list[tuple[str
     return keys, faults + stream.faults
 
 
-__all__ = ["ShardStream", "TorchTrainLoader", "decode_rgb", "pass_keys"]
+__all__ = ["ShardStream", "TorchTrainLoader", "pass_keys"]
