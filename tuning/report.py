@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-from ray.tune import ResultGrid
+from ray.tune import Result, ResultGrid
 from rich.console import Console
 from rich.table import Table
 
@@ -67,6 +67,12 @@ def _sweep_params(sweep: Sweep) -> dict[str, Any]:
     return params
 
 
+def trial_id(result: Result) -> str:
+    """From the trial's folder (named by runner._trial_dirname): a PBT clone's results carry
+    the `trial_id` of the trial it was cloned from."""
+    return Path(result.path).name
+
+
 def ranked_table(sweep: Sweep, results: ResultGrid) -> pd.DataFrame:
     """One row per trial at its best epoch, best first; swept keys as plain columns."""
     rows = []
@@ -78,7 +84,7 @@ def ranked_table(sweep: Sweep, results: ResultGrid) -> pd.DataFrame:
         best = history.loc[history[sweep.metric].idxmax() if sweep.mode == "max"
                            else history[sweep.metric].idxmin()]
         rows.append({
-            "trial_id": result.metrics.get("trial_id", best.get("trial_id")),
+            "trial_id": trial_id(result),
             **sweep.trial_overrides({k: result.config[k] for k in sweep.space}),
             sweep.metric: best[sweep.metric],
             "best_epoch": int(best.get("epoch", best["training_iteration"])),
@@ -114,7 +120,7 @@ def _cell(value: Any) -> str:
 def write_best_config(sweep: Sweep, results: ResultGrid, table: pd.DataFrame, out: Path) -> Path:
     """The best trial's config, training into `<out>/best`, not into the trial's own folder."""
     best_id = table.iloc[0]["trial_id"]
-    params = next(r.config for r in results if r.metrics.get("trial_id") == best_id)
+    params = next(r.config for r in results if trial_id(r) == best_id)
     cfg = sweep.trial_config(
         {k: params[k] for k in sweep.space},
         {"train.out": str(out / "best"), "train.resume": False},
@@ -153,7 +159,7 @@ def plot(sweep: Sweep, results: ResultGrid, table: pd.DataFrame, out: Path) -> l
         history = result.metrics_dataframe
         if history is not None and sweep.metric in history:
             x = history["epoch"] if "epoch" in history else history["training_iteration"]
-            ax.plot(x, history[sweep.metric], marker="o", label=result.metrics.get("trial_id"))
+            ax.plot(x, history[sweep.metric], marker="o", label=trial_id(result))
     ax.set_xlabel("epoch")
     ax.set_ylabel(sweep.metric)
     if len(results) <= 12:
@@ -175,10 +181,7 @@ def close_child_runs(sweep: Sweep, results: ResultGrid, parent: ParentRun) -> No
     """Best checkpoint, `tune.stopped_early` and final status on every trial's child run."""
     client = MlflowClient(parent.tracking_uri)
     for result in results:
-        trial_id = result.metrics.get("trial_id") if result.metrics else None
-        run = trial_id and find_child_run(
-            client, parent.experiment_id, parent.run_id, trial_id
-        )
+        run = find_child_run(client, parent.experiment_id, parent.run_id, trial_id(result))
         if not run or "tune.stopped_early" in run.data.tags:
             continue  # never started, or closed by an earlier run of a resumed sweep
         best = result.get_best_checkpoint(sweep.metric, sweep.mode) if result.error is None else None

@@ -68,11 +68,7 @@ def run_sweep(
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=str(out), callbacks=list(callbacks),
-                # Tune also keeps each trial's latest checkpoint, for PBT and resume.
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute=sweep.metric,
-                    checkpoint_score_order=sweep.mode,
-                ),
+                checkpoint_config=checkpoint_config(sweep),
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
@@ -81,6 +77,20 @@ def run_sweep(
     if not complete:
         log.warning("sweep interrupted: resume it with `dist-geo tune %s --resume`", sweep.path)
     return SweepResult(report.finish(sweep, results, parent, out, complete), complete)
+
+
+def checkpoint_config(sweep: Sweep):
+    """Each trial's best checkpoint (Tune always keeps the latest too, for resume). PBT keeps
+    them all: a trial clones another's checkpoint some results after it was made, and Tune
+    deletes a checkpoint PBT saved twice (measured with ray 2.60: FileNotFoundError).
+    """
+    from ray import tune
+
+    if sweep.scheduler["name"] == "pbt":
+        return tune.CheckpointConfig()
+    return tune.CheckpointConfig(
+        num_to_keep=1, checkpoint_score_attribute=sweep.metric, checkpoint_score_order=sweep.mode
+    )
 
 
 def _trial_dirname(trial) -> str:

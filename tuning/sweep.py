@@ -59,6 +59,8 @@ SHARD_KEYS = frozenset({
     "data.groups_num", "data.min_images_per_class", "data.shard_size", "data.sampling",
     "data.shard_seed", "data.skip_bad",
 })
+# Keys that change the network's parameters' shapes: PBT cannot clone across their values.
+SHAPE_KEYS = frozenset({"model.backbone", "model.fc_output_dim", "model.weights"})
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,12 @@ def _check_combination(sweep: Sweep) -> None:
         )
     if sweep.workers_per_trial != 1:
         raise ConfigError("workers_per_trial: only in-process trials (1 worker) are implemented")
+    shapes = sorted(SHAPE_KEYS & sweep.swept_keys())
+    if sweep.scheduler["name"] == "pbt" and shapes:
+        raise ConfigError(
+            f"scheduler pbt clones checkpoints between trials: space key '{shapes[0]}' changes "
+            "the network's shape"
+        )
     if sweep.scheduler["name"] == "pbt" and not sweep.space:
         raise ConfigError("scheduler pbt needs a non-empty space to mutate")
 
