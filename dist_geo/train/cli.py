@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dist_geo.cli import add_config_arguments, config_from_args
 from dist_geo.distributed import init_distributed, shutdown
-from dist_geo.train.launch import elastic_restart_count
+from dist_geo.train.launch import elastic_restart_count, join_elastic_group
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    join_elastic_group(cfg.train.device)
     ctx = init_distributed(cfg.train.device)
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)
