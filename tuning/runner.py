@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from ray.tune.schedulers import ASHAScheduler
 
 from dist_geo.config import ConfigError
 from tuning import report
@@ -136,15 +137,50 @@ def init_ray(address: str | None) -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
 
 
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs survive `Tuner.restore`.
+
+    Tune (ray 2.60) restores the search algorithm's state but not the scheduler's: a resumed
+    sweep would judge its remaining trials only against each other. This one writes its state
+    after every decision and reads it back when the restored sweep adds its first trial.
+    """
+
+    def __init__(self, state_file: str, **options):
+        super().__init__(**options)
+        self._state_file = state_file
+        self._loaded = False
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if not self._loaded and os.path.exists(self._state_file):
+            self.restore(self._state_file)
+        self._loaded = True
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._write()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._write()
+
+    def _write(self) -> None:
+        tmp = f"{self._state_file}.tmp"
+        self.save(tmp)
+        os.replace(tmp, self._state_file)
+
+
 def build_scheduler(sweep: Sweep):
-    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import PopulationBasedTraining
 
     options = {k: v for k, v in sweep.scheduler.items() if k != "name"}
     name = sweep.scheduler["name"]
     try:
         if name == "asha":
             options.setdefault("max_t", _max_epochs(sweep))
-            return ASHAScheduler(time_attr="training_iteration", **options)
+            state = sweep.out.resolve() / EXPERIMENT / "asha_state.pkl"
+            return ResumableASHA(str(state), time_attr="training_iteration", **options)
         if name == "pbt":
             options.setdefault("perturbation_interval", 1)
             mutations = {key: domain.to_mutation() for key, domain in sweep.space.items()}
