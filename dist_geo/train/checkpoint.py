@@ -243,7 +243,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 def read_head(
     directory: Path, manifest: dict[str, Any], group: int, rank: int, world_size: int
 ) -> dict[str, Any]:
-    """Rank `rank`'s part of group `group`'s head in a world of `world_size` (re-sliced if needed)."""
+    """Rank `rank`'s part of group `group`'s head in a world of `world_size` (re-sliced)."""
     saved_world = manifest["world_size"]
     if saved_world == world_size:
         return _read(directory, manifest, head_file(group, rank))
@@ -330,7 +330,9 @@ def load_checkpoint(
     if len(manifest["groups"]) != len(heads) or any(
         g["num_classes"] != h.num_classes for g, h in zip(manifest["groups"], heads)
     ):
-        raise CheckpointError(f"{directory / MANIFEST}: its groups and classes differ from the shards'")
+        raise CheckpointError(
+            f"{directory / MANIFEST}: its groups and classes differ from the shards'"
+        )
     model_state = _read(directory, manifest, "model.pt")
     engine.module.load_state_dict(
         {k: v.to(engine.module.state_dict()[k].dtype) for k, v in model_state.items()}
@@ -342,7 +344,8 @@ def load_checkpoint(
                 f"loaded by {ctx.world_size} ranks"
             )
         load_engine_optimizer_state(engine, [
-            _read(directory, manifest, f"engine/optimizer_rank{r:03d}.pt") for r in range(saved_world)
+            _read(directory, manifest, f"engine/optimizer_rank{r:03d}.pt")
+            for r in range(saved_world)
         ])
     else:
         load_engine_optimizer_state(engine, [_read(directory, manifest, "engine/optimizer.pt")])

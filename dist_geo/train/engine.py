@@ -84,7 +84,9 @@ def check_precision(precision: str, ctx: DistContext) -> None:
 
     accelerator = get_accelerator()
     if precision == "fp16" and not accelerator.is_fp16_supported():
-        raise ConfigError(f"train.precision=fp16 is not supported on {ctx.device}; use bf16 or fp32")
+        raise ConfigError(
+            f"train.precision=fp16 is not supported on {ctx.device}; use bf16 or fp32"
+        )
     if precision == "bf16" and not accelerator.is_bf16_supported():
         raise ConfigError(f"train.precision=bf16 is not supported on {ctx.device}; use fp32")
 

@@ -54,7 +54,9 @@ def join_elastic_group(device: str, timeout_s: int = 1800) -> None:
     )
 
 
-def launch_local(cfg: Config, nproc: int = 1, threads_per_process: int | None = None) -> dict[str, Any]:
+def launch_local(
+    cfg: Config, nproc: int = 1, threads_per_process: int | None = None
+) -> dict[str, Any]:
     """Train `cfg` with `nproc` processes on this machine (gloo on CPU, one GPU each with GPUs).
 
     Blocks until training ends; the processes' output goes to this process's stdout/stderr.

@@ -53,7 +53,9 @@ def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def move_head(head: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+def move_head(
+    head: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> None:
     """A head and its optimizer's moments to `device` (in place: the optimizer keeps its params)."""
     head.to(device)
     for state in optimizer.state.values():
@@ -70,7 +72,7 @@ def metric_prefix(split: str) -> str:
 def run_evaluation(
     model: torch.nn.Module, cfg: Config, ctx: DistContext, splits: list[str]
 ) -> dict[str, float]:
-    """{"val_recall_at_1": %, ...} of `model` on `splits` (all ranks call it, all get the result)."""
+    """{"val_recall_at_1": %, ...} of `model` on `splits` (all ranks call it and get it)."""
     from dist_geo.eval.evaluate import evaluate
 
     results = evaluate(model, cfg.data.dataset, cfg, ctx, splits=splits)
@@ -199,7 +201,9 @@ class Trainer:
             "peak_memory_mb": peak_memory_mb(ctx.device),
         }
 
-    def end_epoch(self, epoch: int, metrics: dict[str, float], on_epoch_end: EpochHook | None) -> None:
+    def end_epoch(
+        self, epoch: int, metrics: dict[str, float], on_epoch_end: EpochHook | None
+    ) -> None:
         """Validate, checkpoint (last, best, epoch_NNN), log, call the hook."""
         cfg, ctx = self.cfg, self.ctx
         if cfg.train.validate:

@@ -34,7 +34,7 @@ SAVED = ["model.pt", "engine/optimizer.pt", "engine/scheduler.pt",
 
 
 def test_resume_is_exact_and_tracked(train_overrides, tmp_path, monkeypatch):
-    """2 epochs straight == 1 epoch, resume, crash mid-epoch, resume from the mid-epoch checkpoint."""
+    """2 epochs straight == 1 epoch, resume, crash mid-epoch, resume from mid-epoch."""
     ctx = single_process()
     common = train_overrides + ["sched.name=cosine", "sched.warmup_steps=1", "optim.name=adamw",
                                 "train.iterations_per_epoch=3", "train.checkpoint_every=2"]
@@ -61,7 +61,8 @@ def test_resume_is_exact_and_tracked(train_overrides, tmp_path, monkeypatch):
         "train.epochs_num=2", f"train.out={out}", "train.resume=true"])
     with pytest.raises(RuntimeError, match="node lost"):
         train(resume, ctx)
-    assert read_manifest(out / "checkpoints/last")["position"] == {"epoch": 1, "batch": 1, "step": 4}
+    position = read_manifest(out / "checkpoints/last")["position"]
+    assert position == {"epoch": 1, "batch": 1, "step": 4}
     monkeypatch.undo()
     epochs = []
     resumed = train(resume, ctx, on_epoch_end=lambda e, m, d: epochs.append(
@@ -83,7 +84,8 @@ def test_resume_is_exact_and_tracked(train_overrides, tmp_path, monkeypatch):
     run = client.get_run(resumed["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["loss.s"] == "30.0" and run.data.params["train.epochs_num"] == "1"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
+    loss_steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert loss_steps == [1, 2, 3, 4, 5, 6]
     assert len(client.get_metric_history(run.info.run_id, "val_recall_at_1")) == 2
     assert "test_recall_at_1" in run.data.metrics and "peak_memory_mb" in run.data.metrics
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "best_checkpoint")}
