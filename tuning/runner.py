@@ -20,12 +20,14 @@ import pandas as pd
 from ray.tune.schedulers import ASHAScheduler
 
 from dist_geo.config import ConfigError
+from dist_geo.errors import DataError
 from tuning import report
 from tuning.sweep import Sweep, config_from_flat
 from tuning.trainable import TrialSpec, run_trial
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "ray"
+PATH_KEYS = ("data.dataset", "data.shards", "model.weights", "train.deepspeed_config")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ def run_sweep(
     out = sweep.out.resolve()
     experiment = out / EXPERIMENT
     _check_runnable(sweep, experiment, resume)
+    sweep.base.update(absolute_paths(sweep.base))
     ensure_shards(sweep)
     out.mkdir(parents=True, exist_ok=True)
     parent = report.open_parent_run(sweep, out)
@@ -110,11 +113,21 @@ def _check_runnable(sweep: Sweep, experiment: Path, resume: bool) -> None:
         )
 
 
+def absolute_paths(flat: dict) -> dict:
+    """The config's relative paths made absolute: Tune runs each trial in its own folder."""
+    return {key: str(Path(flat[key]).resolve()) for key in PATH_KEYS if flat[key]}
+
+
 def ensure_shards(sweep: Sweep) -> Path:
     """Write the base config's shards once, before any trial, unless they are complete."""
     from shards.manifest import MANIFEST, shards_dir
 
     data_cfg = config_from_flat(sweep.base).data
+    if not Path(data_cfg.dataset).is_dir():
+        raise DataError(
+            f"{sweep.path}: dataset folder {data_cfg.dataset} not found (`dist-geo demo` writes "
+            "the synthetic world to runs/demo/world; or pass data.dataset=...)"
+        )
     folder = shards_dir(data_cfg)
     if not (folder / MANIFEST).exists():
         from shards.writer import write_shards
