@@ -194,8 +194,12 @@ class Trainer:
         bar.close()
         move_head(head, head_optimizer, torch.device("cpu"))
         elapsed = time.perf_counter() - started
+        corrupt = torch.tensor(float(loader.stats()["corrupt_samples"]), device=ctx.device)
+        if ctx.is_distributed:
+            torch.distributed.all_reduce(corrupt)  # skipped samples of all ranks
         return {
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "corrupt_samples": corrupt.item(),
             "images_per_s": images_seen / elapsed if elapsed > 0 else 0.0,
             "epoch_time_s": elapsed,
             "peak_memory_mb": peak_memory_mb(ctx.device),
