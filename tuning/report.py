@@ -112,6 +112,8 @@ def print_table(sweep: Sweep, table: pd.DataFrame, console: Console | None = Non
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return ""  # a key this trial's coupled combination does not set
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -159,7 +161,10 @@ def plot(sweep: Sweep, results: ResultGrid, table: pd.DataFrame, out: Path) -> l
         history = result.metrics_dataframe
         if history is not None and sweep.metric in history:
             x = history["epoch"] if "epoch" in history else history["training_iteration"]
-            ax.plot(x, history[sweep.metric], marker="o", label=trial_id(result))
+            params = " ".join(f"{v:.3g}" if isinstance(v, float) else str(v)
+                              for v in (result.config or {}).values())
+            ax.plot(x, history[sweep.metric], marker="o", label=f"{trial_id(result)} {params}"[:70])
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel(sweep.metric)
     if len(results) <= 12:
