@@ -28,6 +28,7 @@ machines). The network's optimizer state re-slices only when it was not partitio
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -210,11 +211,22 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(src, dst)
+
+
 def copy_checkpoint(src: Path, dst: Path) -> None:
-    """Rank 0 only: `dst` becomes a copy of the finished checkpoint `src` (e.g. last -> best)."""
+    """Rank 0 only: `dst` becomes a copy of the finished checkpoint `src` (e.g. last -> best).
+
+    Files are hard-linked when possible: checkpoint files are never modified in place (a new
+    checkpoint is a new folder renamed over the old one), so sharing them is safe and free.
+    """
     tmp = dst.parent / f".{dst.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
+    shutil.copytree(src, tmp, copy_function=_link_or_copy)
     _replace_dir(tmp, dst)
 
 
