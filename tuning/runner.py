@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from ray.tune.schedulers import ASHAScheduler
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from dist_geo.config import ConfigError
 from dist_geo.errors import DataError
@@ -40,13 +43,12 @@ def run_sweep(
     sweep: Sweep, address: str | None = None, resume: bool = False, callbacks: Sequence = ()
 ) -> SweepResult:
     """Run (or resume) `sweep`; the report is written to its `out` even when interrupted."""
-    from ray import tune
-
     # Every epoch checkpoints, so Tune's state is snapshotted often: expected, not a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     out = sweep.out.resolve()
     experiment = out / EXPERIMENT
     _check_runnable(sweep, experiment, resume)
+    scheduler, search = build_scheduler(sweep), build_search(sweep)  # their errors first
     sweep.base.update(absolute_paths(sweep.base))
     ensure_shards(sweep)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,7 @@ def run_sweep(
             param_space=sweep.param_space(),
             tune_config=tune.TuneConfig(
                 metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-                scheduler=build_scheduler(sweep), search_alg=build_search(sweep),
+                scheduler=scheduler, search_alg=search,
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
@@ -88,8 +90,6 @@ def checkpoint_config(sweep: Sweep):
     them all: a trial clones another's checkpoint some results after it was made, and Tune
     deletes a checkpoint PBT saved twice (measured with ray 2.60: FileNotFoundError).
     """
-    from ray import tune
-
     if sweep.scheduler["name"] == "pbt":
         return tune.CheckpointConfig()
     return tune.CheckpointConfig(
@@ -102,8 +102,6 @@ def _trial_dirname(trial) -> str:
 
 
 def _check_runnable(sweep: Sweep, experiment: Path, resume: bool) -> None:
-    from ray import tune
-
     if resume and not tune.Tuner.can_restore(str(experiment)):
         raise ConfigError(f"{sweep.path}: nothing to resume in {experiment}")
     if not resume and experiment.exists():
@@ -139,8 +137,6 @@ def ensure_shards(sweep: Sweep) -> Path:
 
 def init_ray(address: str | None) -> None:
     """Join `address`, or start a local Ray on this machine's CPUs (no dashboard)."""
-    import ray
-
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -185,8 +181,6 @@ class ResumableASHA(ASHAScheduler):
 
 
 def build_scheduler(sweep: Sweep):
-    from ray.tune.schedulers import PopulationBasedTraining
-
     options = {k: v for k, v in sweep.scheduler.items() if k != "name"}
     name = sweep.scheduler["name"]
     try:
@@ -215,11 +209,7 @@ def build_search(sweep: Sweep):
     if sweep.search["name"] == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        from ray.tune.search import ConcurrencyLimiter
-
         searcher = OptunaSearch(seed=seed)  # its default sampler is TPE
         limit = sweep.max_concurrent_trials
         return ConcurrencyLimiter(searcher, limit) if limit else searcher
-    from ray.tune.search import BasicVariantGenerator
-
     return BasicVariantGenerator(random_state=seed, max_concurrent=sweep.max_concurrent_trials)
