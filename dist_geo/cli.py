@@ -3,7 +3,8 @@
 The CLI is thin: each sub-command lives in the module of its stage, which offers
 `configure(parser)` (its arguments) and `main(args) -> int` (parse, build the config, call one
 library function). Modules are imported only when their sub-command runs, so `--help` is fast
-and a missing optional dependency only affects the sub-command that needs it.
+and a missing optional dependency only affects the sub-command that needs it. Errors the user
+can act on (`DistGeoError`) are printed as one line, without a traceback.
 """
 from __future__ import annotations
 
@@ -47,32 +48,42 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(path, args.overrides)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+def build_parser() -> argparse.ArgumentParser:
+    listing = "\n".join(f"  {name:<8} {summary}" for name, (_, summary) in SUBCOMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="dist-geo",
         description="Distributed CosPlace-style training for visual geo-localization.",
+        epilog=f"commands:\n{listing}\n\n`dist-geo COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    subparsers = {
-        name: sub.add_parser(name, help=summary, description=summary)
-        for name, (_, summary) in SUBCOMMANDS.items()
-    }
-    return parser, subparsers
+    parser.add_argument("command", choices=SUBCOMMANDS, metavar="COMMAND")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_command(command: str, argv: list[str]) -> tuple[object, argparse.Namespace]:
+    """Import the command's module, let it declare its arguments, parse them.
+
+    Options may come before or after positionals (`shard DIR OUT --config demo M=20`), which
+    argparse only allows outside sub-parsers: hence one parser per command, parsed intermixed
+    unless the command forwards a raw remainder (bench).
+    """
+    module_name, summary = SUBCOMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"dist-geo {command}", description=summary)
+    module.configure(parser)
+    forwards = any(a.nargs == argparse.REMAINDER for a in parser._actions)
+    args = parser.parse_args(argv) if forwards else parser.parse_intermixed_args(argv)
+    args.command = command
+    return module, args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser, subparsers = build_parser()
-    # Only the chosen sub-command's module is imported, and it declares its own arguments.
-    command = next((a for a in argv if not a.startswith("-")), None)
-    module = None
-    if command in SUBCOMMANDS:
-        module = importlib.import_module(SUBCOMMANDS[command][0])
-        module.configure(subparsers[command])
-    args = parser.parse_args(argv)
+    top = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    module, args = parse_command(top.command, top.args)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if top.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )

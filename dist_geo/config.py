@@ -202,7 +202,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
-def _merge(node: Any, values: dict[str, Any], prefix: str) -> None:
+def _merge(node: Any, values: dict[str, Any], prefix: str, source: str,
+           sources: dict[str, str]) -> None:
+    """Set `values` on the dataclass tree `node`, remembering in `sources` who set each key."""
     hints = typing.get_type_hints(type(node))
     names = {f.name for f in dataclasses.fields(node)}
     for key, value in values.items():
@@ -213,9 +215,10 @@ def _merge(node: Any, values: dict[str, Any], prefix: str) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}")
-            _merge(current, value, where + ".")
+            _merge(current, value, where + ".", source, sources)
         else:
             setattr(node, key, _coerce(value, hints[key], where))
+            sources[where] = source
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
@@ -233,22 +236,28 @@ def parse_override(text: str) -> dict[str, Any]:
     return _nest(key.strip(), yaml.safe_load(raw) if raw.strip() else "")
 
 
-def validate(cfg: Any, prefix: str = "") -> None:
-    """Check every field's declared choices and range, recursively."""
+def validate(cfg: Any, prefix: str = "", sources: dict[str, str] | None = None) -> None:
+    """Check every field's declared choices and range, recursively.
+
+    `sources` (key -> the file or "command line" that set it) lets the message name its origin.
+    """
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         where = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            validate(value, where + ".")
+            validate(value, where + ".", sources)
             continue
+        origin = f"{sources[where]}: " if sources and where in sources else ""
         choices = f.metadata.get("choices")
         if choices and value not in choices:
-            raise ConfigError(f"{where}={value!r} is not one of {', '.join(map(str, choices))}")
+            raise ConfigError(
+                f"{origin}{where}={value!r} is not one of {', '.join(map(str, choices))}"
+            )
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if lo is not None and value < lo:
-            raise ConfigError(f"{where}={value!r} is below its minimum {lo}")
+            raise ConfigError(f"{origin}{where}={value!r} is below its minimum {lo}")
         if hi is not None and value > hi:
-            raise ConfigError(f"{where}={value!r} is above its maximum {hi}")
+            raise ConfigError(f"{origin}{where}={value!r} is above its maximum {hi}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -273,16 +282,17 @@ def build_config(
 ) -> Config:
     """Defaults <- `base` mapping <- YAML file <- `key=value` overrides, then validated."""
     cfg = Config()
+    sources: dict[str, str] = {}
     if base:
-        _merge(cfg, base, "")
+        _merge(cfg, base, "", "base config", sources)
     if path:
         try:
-            _merge(cfg, load_yaml(path), "")
+            _merge(cfg, load_yaml(path), "", str(path), sources)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     for text in overrides:
-        _merge(cfg, parse_override(text), "")
-    validate(cfg)
+        _merge(cfg, parse_override(text), "", "command line", sources)
+    validate(cfg, sources=sources)
     return cfg
 
 

@@ -27,7 +27,7 @@ def test_yaml_then_overrides(tmp_path):
     "override, message",
     [
         ("loss.nmae=3", "unknown config key 'loss.nmae'"),
-        ("loss.name=softmax", "loss.name='softmax' is not one of"),
+        ("loss.name=softmax", "command line: loss.name='softmax' is not one of"),
         ("train.batch_size=0", "below its minimum"),
         ("train.batch_size=big", "expected an integer"),
         ("data.augment.hflip=maybe", "expected true/false"),
