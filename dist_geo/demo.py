@@ -69,9 +69,8 @@ def run_demo(cfg: Config, out: Path, nproc: int = 2, preset: str = "demo") -> di
     from dist_geo.data.synth import write_world
     from dist_geo.eval.evaluate import evaluate
     from dist_geo.eval.raw_pixels import raw_pixel_baseline
-    from dist_geo.eval.report import log_to_mlflow, write_json
+    from dist_geo.eval.report import log_to_mlflow, metric_prefix, write_json
     from dist_geo.train.launch import launch_local
-    from dist_geo.train.trainer import metric_prefix
     from shards.writer import write_shards
 
     started = time.perf_counter()

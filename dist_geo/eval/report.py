@@ -47,13 +47,17 @@ def write_json(payload: Any, path: str | Path) -> Path:
     return path
 
 
+def metric_prefix(split: str) -> str:
+    """`test-night` -> `test_night`: MLflow metric names without '-', '/' or '@'."""
+    return split.replace("-", "_").replace("/", "_")
+
+
 def mlflow_metrics(results: Metrics) -> dict[str, float]:
     """{"test_recall_at_1": ..., "test_night_recall_at_1": ...}: split-prefixed MLflow names."""
-    out = {}
-    for split, metrics in results.items():
-        prefix = split.replace("-", "_").replace("/", "_")
-        out.update({f"{prefix}_{k}": float(v) for k, v in metrics.items()})
-    return out
+    return {
+        f"{metric_prefix(split)}_{key}": float(value)
+        for split, metrics in results.items() for key, value in metrics.items()
+    }
 
 
 def log_to_mlflow(

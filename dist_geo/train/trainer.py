@@ -64,22 +64,14 @@ def move_head(
                 state[key] = value.to(device)
 
 
-def metric_prefix(split: str) -> str:
-    """`test-night` -> `test_night`: MLflow metric names without '-', '/' or '@'."""
-    return split.replace("-", "_").replace("/", "_")
-
-
 def run_evaluation(
     model: torch.nn.Module, cfg: Config, ctx: DistContext, splits: list[str]
 ) -> dict[str, float]:
     """{"val_recall_at_1": %, ...} of `model` on `splits` (all ranks call it and get it)."""
     from dist_geo.eval.evaluate import evaluate
+    from dist_geo.eval.report import mlflow_metrics
 
-    results = evaluate(model, cfg.data.dataset, cfg, ctx, splits=splits)
-    return {
-        f"{metric_prefix(split)}_{key}": float(value)
-        for split, values in results.items() for key, value in values.items()
-    }
+    return mlflow_metrics(evaluate(model, cfg.data.dataset, cfg, ctx, splits=splits))
 
 
 def eval_copy(engine: Any) -> torch.nn.Module:
