@@ -1,4 +1,5 @@
-"""`dist-geo demo` end to end on the tiny world: 2 training processes, results.json, MLflow."""
+"""`dist-geo demo` end to end on the tiny world: 2 training processes, results.json, MLflow;
+then `dist-geo eval` of its best checkpoint reproduces the test recalls training reported."""
 import json
 
 from dist_geo.cli import main
@@ -31,3 +32,12 @@ def test_demo_writes_results_and_one_mlflow_run(tmp_path):
     assert round(metrics["raw_pixels_test_night_recall_at_1"], 2) == \
         results["raw_pixels"]["test-night"]["recall_at_1"]
     assert "untrained_test_recall_at_5" in metrics and run.data.params["loss.name"] == "cosface"
+
+    # A checkpoint folder is evaluated with its training's own eval settings (32 px here).
+    evaluated = out / "eval"
+    assert main(["eval", str(out / "train" / "checkpoints" / "best"), "--dataset",
+                 str(out / "world"), "--out", str(evaluated), "tracking.enabled=false"]) == 0
+    table = json.loads((evaluated / "results.json").read_text())["results"]
+    for split in ("test", "test-night"):
+        for key, value in results["trained"][split].items():
+            assert round(table[split][key], 2) == value

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dist_geo.cli import add_config_arguments, config_from_args
-from dist_geo.config import Config, to_dict
+from dist_geo.config import Config, build_config, to_dict
 from dist_geo.distributed import init_distributed, shutdown
 from dist_geo.errors import DataError
 from dist_geo.eval.evaluate import evaluate
@@ -40,6 +40,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", action="store_true",
                         help="also report the raw-pixel (32x32 thumbnail) baseline")
     add_config_arguments(parser)
+
+
+def eval_config(args: argparse.Namespace) -> Config:
+    """A checkpoint folder evaluated without --config keeps its training's model and eval
+    settings (test-time resize, recall values, ...), so its recalls match what training
+    reported; --config starts from that file instead. Overrides apply on top either way."""
+    checkpoint = Path(args.checkpoint)
+    if args.config or not checkpoint.is_dir():
+        return config_from_args(args)
+    from dist_geo.train.checkpoint import resolve
+
+    return build_config(resolve(checkpoint) / "config.yaml", args.overrides)
 
 
 def _tracking_config(cfg: Config, checkpoint: Path, run_id: str) -> Config:
@@ -77,7 +89,7 @@ def _plots(results, cfg: Config, out: Path, compare: list[str]) -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    cfg = eval_config(args)
     ctx = init_distributed(cfg.train.device)
     try:
         paths = [args.checkpoint, *args.ensemble]
