@@ -22,7 +22,8 @@
     search: {name: random}           # random (covers grid) | optuna (TPE), seed: optional
     resources: {cpu: 1, gpu: 0}      # per trial
     max_concurrent_trials: 2         # 0 = as many as resources allow
-    workers_per_trial: 1             # data-parallel ranks per trial (only 1 is implemented)
+    workers_per_trial: 1             # data-parallel ranks per trial (>1: torchrun subprocess;
+                                     # give the trial as many resources.cpu/gpu as ranks)
     out: runs/tune/loss_study        # default: runs/tune/<name>
 
 Domains are `{choice: [...]}`, `{grid: [...]}`, `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}`,
@@ -251,8 +252,6 @@ def _check_combination(sweep: Sweep) -> None:
         raise ConfigError(
             f"space key '{fixed[0]}' changes the shards, written once per sweep: set it in base"
         )
-    if sweep.workers_per_trial != 1:
-        raise ConfigError("workers_per_trial: only in-process trials (1 worker) are implemented")
     shapes = sorted(SHAPE_KEYS & sweep.swept_keys())
     if sweep.scheduler["name"] == "pbt" and shapes:
         raise ConfigError(

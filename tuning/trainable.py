@@ -1,9 +1,12 @@
-"""One Ray Tune trial = one real dist-geo training, in-process, on one worker.
+"""One Ray Tune trial = one real dist-geo training, in-process or data-parallel.
 
-The trial trains into `<sweep out>/trials/<trial id>` with `dist_geo.train.train`. At every
-epoch end (the trainer's `on_epoch_end` hook, rank 0) it reports the epoch's metrics and the
-epoch's checkpoint folder to Tune, which is what ASHA reads to stop weak trials and what PBT
-copies to clone strong ones. A trial that Tune hands a checkpoint (PBT exploit, or a restored
+The trial trains into `<sweep out>/trials/<trial id>` with `dist_geo.train.train`: in the
+trial's own process (`workers_per_trial: 1`), or as `workers_per_trial` data-parallel ranks
+started by our launcher (torchrun in a subprocess, `dist_geo.train.launch.start_local`), whose
+rank 0 appends every finished epoch to `epochs.jsonl` for the trial to follow. At every epoch
+end it reports the epoch's metrics and the epoch's checkpoint folder to Tune, which is what
+ASHA reads to stop weak trials and what PBT copies to clone strong ones. A data-parallel trial
+that Tune stops takes its ranks down with it. A trial that Tune hands a checkpoint (PBT exploit, or a restored
 sweep) copies it into its own `checkpoints/last` and trains on with `train.resume=true`.
 
 Each trial is also a nested MLflow child run of the sweep's parent run: its swept params, its
@@ -15,13 +18,14 @@ epoch) exits at its report and cannot be relied upon to run anything after it.
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
@@ -31,6 +35,9 @@ from ray import tune
 from dist_geo.config import Config, save_config
 from dist_geo.distributed import single_process
 from tuning.sweep import Sweep
+
+if TYPE_CHECKING:
+    from dist_geo.train.trainer import EpochHook
 
 TRIAL_TAG = "tune.trial_id"
 
@@ -67,7 +74,39 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
         child.log_metrics(scalars, step=epoch)
         tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-    train(cfg, single_process(cfg.train.device), on_epoch_end=on_epoch_end)
+    if spec.sweep.workers_per_trial == 1:
+        train(cfg, single_process(cfg.train.device), on_epoch_end=on_epoch_end)
+    else:
+        train_data_parallel(cfg, spec.sweep.workers_per_trial, on_epoch_end)
+
+
+def train_data_parallel(cfg: Config, workers: int, on_epoch_end: EpochHook) -> None:
+    """`workers` ranks under torchrun; their epochs are handed to `on_epoch_end` as rank 0
+    writes them. Each epoch keeps its own checkpoint folder (`epoch_NNN`): `last` moves on while
+    Tune copies the reported one."""
+    from dist_geo.train.launch import finished_result, start_local
+
+    cfg.train.keep_epoch_checkpoints = True
+    epochs = Path(cfg.train.out) / "epochs.jsonl"
+    epochs.unlink(missing_ok=True)
+    process = start_local(cfg, workers, epoch_log=epochs)
+    reported = 0
+    try:
+        while True:
+            finished = process.poll() is not None
+            lines = epochs.read_text().split("\n")[:-1] if epochs.exists() else []  # whole lines
+            for line in lines[reported:]:
+                entry = json.loads(line)
+                on_epoch_end(entry["epoch"], entry["metrics"], Path(entry["checkpoint"]))
+            reported = len(lines)
+            if finished:
+                break
+            time.sleep(1.0)
+    finally:  # Tune stopping the trial (ASHA, PBT) ends here too
+        if process.poll() is None:
+            process.terminate()
+            process.wait()
+    finished_result(cfg, process, workers)
 
 
 def _restore_checkpoint(out: Path) -> bool:

@@ -14,10 +14,15 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dist_geo.cli import add_config_arguments, config_from_args
+from dist_geo.config import Config
 from dist_geo.distributed import init_distributed, shutdown
 from dist_geo.train.launch import elastic_restart_count, join_elastic_group
+
+if TYPE_CHECKING:
+    from dist_geo.train.trainer import EpochHook
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +30,25 @@ log = logging.getLogger(__name__)
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--result", help="write train()'s result as JSON to this file (rank 0)")
+    parser.add_argument("--epoch-log", help="append a JSON line per finished epoch to this file "
+                        "(rank 0): epoch, metrics, checkpoint folder")
     # The deepspeed launcher passes --local_rank=N; LOCAL_RANK in the environment says the same.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help=argparse.SUPPRESS)
+
+
+def epoch_logger(path: Path, cfg: Config) -> EpochHook:
+    """An on_epoch_end hook appending {"epoch", "metrics", "checkpoint"} lines to `path`, one
+    write per line. The checkpoint named is the epoch's own folder when the run keeps them
+    (`train.keep_epoch_checkpoints`), since `last` is overwritten by the next epoch."""
+    def log_epoch(epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        kept = checkpoint_dir.parent / f"epoch_{epoch:03d}"
+        checkpoint = kept if cfg.train.keep_epoch_checkpoints else checkpoint_dir
+        line = json.dumps({"epoch": epoch, "metrics": metrics, "checkpoint": str(checkpoint)})
+        with path.open("a") as f:
+            f.write(line + "\n")
+
+    return log_epoch
 
 
 def main(args: argparse.Namespace) -> int:
@@ -43,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
     from dist_geo.train.trainer import train
 
     try:
-        result = train(cfg, ctx)
+        result = train(cfg, ctx, on_epoch_end=epoch_logger(Path(args.epoch_log), cfg)
+                       if args.epoch_log else None)
         if ctx.is_main and args.result:
             Path(args.result).write_text(json.dumps(result, indent=1))
     finally:

@@ -54,15 +54,16 @@ def join_elastic_group(device: str, timeout_s: int = 1800) -> None:
     )
 
 
-def launch_local(
-    cfg: Config, nproc: int = 1, threads_per_process: int | None = None
-) -> dict[str, Any]:
-    """Train `cfg` with `nproc` processes on this machine (gloo on CPU, one GPU each with GPUs).
+def start_local(
+    cfg: Config, nproc: int, threads_per_process: int | None = None,
+    epoch_log: Path | None = None,
+) -> subprocess.Popen:
+    """Start `nproc` training processes on this machine under torchrun; do not wait.
 
-    Blocks until training ends; the processes' output goes to this process's stdout/stderr.
-    `threads_per_process` sets OMP_NUM_THREADS for the workers (default: torchrun's choice, 1
-    when nproc > 1). Returns the dict `train` returned on rank 0; raises DistGeoError if the
-    job failed.
+    The config is saved to `<train.out>/launch_config.yaml`, rank 0's result goes to
+    `<train.out>/result.json`, and with `epoch_log` rank 0 appends one JSON line per finished
+    epoch to that file (what a Ray Tune trial follows). `threads_per_process` sets
+    OMP_NUM_THREADS for the workers (default: torchrun's choice, 1 when nproc > 1).
     """
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,28 @@ def launch_local(
         f"--nproc_per_node={nproc}", "-m", "dist_geo.train.cli",
         "--config", str(config_path), "--result", str(result_path),
     ]
-    code = subprocess.run(command, env=env, check=False).returncode
-    if code != 0 or not result_path.exists():
-        raise DistGeoError(f"{out}: training with {nproc} processes failed (exit code {code})")
+    if epoch_log is not None:
+        command += ["--epoch-log", str(epoch_log)]
+    return subprocess.Popen(command, env=env)
+
+
+def finished_result(cfg: Config, process: subprocess.Popen, nproc: int) -> dict[str, Any]:
+    """Rank 0's result of a finished `start_local` job; DistGeoError if the job failed."""
+    result_path = Path(cfg.train.out) / "result.json"
+    if process.returncode != 0 or not result_path.exists():
+        raise DistGeoError(f"{cfg.train.out}: training with {nproc} processes failed "
+                           f"(exit code {process.returncode})")
     return json.loads(result_path.read_text())
+
+
+def launch_local(
+    cfg: Config, nproc: int = 1, threads_per_process: int | None = None
+) -> dict[str, Any]:
+    """Train `cfg` with `nproc` processes on this machine (gloo on CPU, one GPU each with GPUs).
+
+    Blocks until training ends; the processes' output goes to this process's stdout/stderr.
+    Returns the dict `train` returned on rank 0; raises DistGeoError if the job failed.
+    """
+    process = start_local(cfg, nproc, threads_per_process)
+    process.wait()
+    return finished_result(cfg, process, nproc)

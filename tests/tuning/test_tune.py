@@ -125,3 +125,27 @@ def test_asha_sweep_interrupted_resumed_tracked_and_best_config_trains(
         "tracking.enabled=false",
     ]) == 0
     assert (retrain / "checkpoints" / "best" / "model.pt").exists()
+
+
+def test_data_parallel_trial_reports_every_epoch(sweep_file: Path, local_ray):
+    """workers_per_trial=2: the trial trains with 2 gloo ranks under torchrun and reports each
+    epoch (metrics + that epoch's checkpoint) to Tune and MLflow as rank 0 finishes it."""
+    import json
+
+    raw = yaml.safe_load(sweep_file.read_text())
+    raw["space"] = {"loss.m": {"grid": [0.3]}}
+    raw |= {"workers_per_trial": 2, "resources": {"cpu": 2}, "scheduler": "fifo"}
+    raw["base"]["train"]["epochs_num"] = 2
+    sweep_file.write_text(yaml.safe_dump(raw))
+
+    sweep = load_sweep(sweep_file)
+    result = run_sweep(sweep)
+
+    assert result.complete and list(result.table["epochs_run"]) == [2]
+    trial = sweep.out / "trials" / result.table.iloc[0]["trial_id"]
+    for epoch in (0, 1):
+        manifest = json.loads((trial / "checkpoints" / f"epoch_{epoch:03d}" / "manifest.json")
+                              .read_text())
+        assert manifest["world_size"] == 2 and manifest["position"]["epoch"] == epoch + 1
+    reported = [json.loads(line)["epoch"] for line in (trial / "epochs.jsonl").read_text().splitlines()]
+    assert reported == [0, 1]
