@@ -247,7 +247,7 @@ def validate(cfg: Any, prefix: str = "", sources: dict[str, str] | None = None) 
         if dataclasses.is_dataclass(value):
             validate(value, where + ".", sources)
             continue
-        origin = f"{sources[where]}: " if sources and where in sources else ""
+        origin = f"{sources[where]}: " if sources and sources.get(where) else ""
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(
@@ -284,7 +284,7 @@ def build_config(
     cfg = Config()
     sources: dict[str, str] = {}
     if base:
-        _merge(cfg, base, "", "base config", sources)
+        _merge(cfg, base, "", "", sources)  # the caller names where a base mapping came from
     if path:
         try:
             _merge(cfg, load_yaml(path), "", str(path), sources)

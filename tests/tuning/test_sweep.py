@@ -20,7 +20,7 @@ def write(tmp_path: Path, sweep: dict) -> Path:
 
 
 @pytest.mark.parametrize("name, trials", [
-    ("loss_study", 5), ("margin_search", 12), ("optim_ablation", 16),
+    ("loss_study", 5), ("margin_search", 12), ("optim_ablation", 6),
 ])
 def test_bundled_sweeps_load_and_take_a_dataset_override(name, trials):
     sweep = load_sweep(sweep_path(name), ["data.dataset=/data/sf_xl/processed"])
