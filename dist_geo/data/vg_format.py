@@ -69,7 +69,7 @@ def parse_name(path: str | Path) -> ImageRecord:
     parts = Path(path).name.split("@")
     if len(parts) != len(FIELDS) + 2 or parts[0] != "":
         raise DataError(
-            f"{path}: image name has {len(parts) - 2} '@' fields instead of {len(FIELDS)} "
+            f"{path}: image name has {max(len(parts) - 2, 0)} '@' fields instead of {len(FIELDS)} "
             f"(expected {NAME_PATTERN})"
         )
     f = dict(zip(FIELDS, parts[1:-1]))
