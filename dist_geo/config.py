@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from dist_geo.atomic import write_text
 from dist_geo.errors import DistGeoError
 
 
@@ -317,11 +318,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def bundled_config(name: str) -> Path:

@@ -66,10 +66,11 @@ def pick(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
 
 
 def run_demo(cfg: Config, out: Path, nproc: int = 2, preset: str = "demo") -> dict[str, Any]:
+    from dist_geo.atomic import write_json
     from dist_geo.data.synth import write_world
     from dist_geo.eval.evaluate import evaluate
     from dist_geo.eval.raw_pixels import raw_pixel_baseline
-    from dist_geo.eval.report import log_to_mlflow, metric_prefix, write_json
+    from dist_geo.eval.report import log_to_mlflow, metric_prefix
     from dist_geo.train.launch import launch_local
     from shards.writer import write_shards
 
@@ -113,7 +114,7 @@ def run_demo(cfg: Config, out: Path, nproc: int = 2, preset: str = "demo") -> di
         "timings_s": {k: round(v, 1) for k, v in timings.items()}
         | {"total_s": round(time.perf_counter() - started, 1)},
     }
-    write_json(results, out / "results.json")
+    write_json(out / "results.json", results)
     print_comparison(results, splits)
     log.info("results in %s; browse the run with: %s", out / "results.json", results["mlflow_ui"])
     return results

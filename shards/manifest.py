@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +87,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     """The manifest of a complete shard folder; DataError names the folder if there is none."""
     path = Path(out_dir) / MANIFEST
@@ -123,5 +116,5 @@ def group_entry(manifest: dict[str, Any], group_index: int, out_dir: Path) -> di
 __all__ = [
     "LABEL_DTYPE", "MANIFEST", "PARAMS", "SAMPLE_EXTENSIONS", "decode_label", "encode_label",
     "entry_key_end", "group_dir", "group_entry", "index_entries", "index_path", "read_manifest",
-    "sha256_file", "shard_name", "shards_dir", "write_json_atomic",
+    "sha256_file", "shard_name", "shards_dir",
 ]

@@ -38,13 +38,13 @@ from PIL import Image, UnidentifiedImageError
 from webdataset import TarWriter
 from wds2idx import IndexCreator
 
+from dist_geo.atomic import write_json
 from dist_geo.config import DataConfig
 from dist_geo.data.groups import Group, build_groups
 from dist_geo.data.vg_format import ImageRecord, list_images
 from dist_geo.errors import DataError
 from shards.manifest import (
-    MANIFEST, PARAMS, encode_label, group_dir, index_entries, index_path, sha256_file,
-    shard_name, write_json_atomic,
+    MANIFEST, PARAMS, encode_label, group_dir, index_entries, index_path, sha256_file, shard_name,
 )
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _claim(out_dir: Path, params: dict[str, Any]) -> None:
             )
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, params)
+        write_json(path, params, indent=1)
 
 
 def write_shards(dataset_root: str | Path, out_dir: str | Path, data_cfg: DataConfig,
@@ -198,7 +198,7 @@ def write_shards(dataset_root: str | Path, out_dir: str | Path, data_cfg: DataCo
         "groups": [_write_group(g, groups[g], out_dir, data_cfg, data_cfg.skip_bad)
                    for g in range(data_cfg.groups_num)],
     }
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    write_json(out_dir / MANIFEST, manifest, indent=1)
     return manifest
 
 

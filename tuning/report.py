@@ -9,7 +9,6 @@ All three are also artifacts of the sweep's parent run, whose children are the t
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from ray.tune import Result, ResultGrid
 from rich.console import Console
 from rich.table import Table
 
+from dist_geo.atomic import atomic_path
 from dist_geo.config import save_config
 from tuning.sweep import Sweep
 from tuning.trainable import find_child_run
@@ -176,9 +176,8 @@ def plot(sweep: Sweep, results: ResultGrid, table: pd.DataFrame, out: Path) -> l
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     return path
 
 
@@ -215,8 +214,8 @@ def finish(
         return table
     print_table(sweep, table)
     csv = out / "results.csv"
-    table.to_csv(csv.with_suffix(".tmp"), index=False)
-    csv.with_suffix(".tmp").replace(csv)
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False)
     artifacts = [csv, write_best_config(sweep, results, table, out)]
     for path in artifacts:
         client.log_artifact(parent.run_id, str(path))

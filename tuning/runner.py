@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+from dist_geo.atomic import atomic_path
 from dist_geo.config import ConfigError
 from dist_geo.errors import DataError
 from tuning import report
@@ -175,9 +176,8 @@ class ResumableASHA(ASHAScheduler):
         self._write()
 
     def _write(self) -> None:
-        tmp = f"{self._state_file}.tmp"
-        self.save(tmp)
-        os.replace(tmp, self._state_file)
+        with atomic_path(self._state_file) as tmp:
+            self.save(str(tmp))
 
 
 def build_scheduler(sweep: Sweep):

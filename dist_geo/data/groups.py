@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dist_geo.atomic import atomic_path
 from dist_geo.data.vg_format import ImageRecord
 from dist_geo.errors import DataError
 
@@ -125,10 +125,8 @@ def _load_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def build_groups(

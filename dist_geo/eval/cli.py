@@ -12,13 +12,14 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from dist_geo.atomic import write_json
 from dist_geo.cli import add_config_arguments, config_from_args
 from dist_geo.config import Config, build_config, to_dict
 from dist_geo.distributed import init_distributed, shutdown
 from dist_geo.errors import DataError
 from dist_geo.eval.evaluate import evaluate
 from dist_geo.eval.loading import load_for_eval
-from dist_geo.eval.report import log_to_mlflow, print_table, write_json
+from dist_geo.eval.report import log_to_mlflow, print_table
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,13 @@ def main(args: argparse.Namespace) -> int:
             table |= {f"raw-pixels/{split}": m for split, m in baseline.items()}
         print_table(table, cfg.eval.recall_values, title=f"{args.checkpoint} on {args.dataset}")
         pictures = _plots(results, cfg, out, args.compare) if args.plots else []
-        results_path = write_json({
+        results_path = write_json(out / "results.json", {
             "checkpoint": str(args.checkpoint),
             "ensemble": args.ensemble,
             "dataset": str(args.dataset),
             "eval": to_dict(cfg.eval),
             "results": table,
-        }, out / "results.json")
+        })
         run_id = log_to_mlflow(
             results.metrics, _tracking_config(cfg, Path(args.checkpoint), loaded[0].mlflow_run_id),
             ctx, loaded[0].mlflow_run_id, [results_path, *pictures], step=loaded[0].step,

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from dist_geo.atomic import atomic_path
 from dist_geo.eval.evaluate import SplitResult  # noqa: E402
 
 RIGHT, WRONG = "#1a9850", "#d73027"
@@ -24,11 +25,9 @@ THUMB_SIDE = 160
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     """Rendered to a temporary name then renamed, like every file we write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

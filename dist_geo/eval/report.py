@@ -1,11 +1,9 @@
 """Where evaluation numbers go: a console table, `results.json`, MLflow metrics and artifacts."""
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -35,16 +33,6 @@ def print_table(results: Metrics, recall_values: Sequence[int], title: str = "")
             row.append(f"{m.get(f'recall_loss_at_{recall_values[0]}', 0.0):.1f}")
         table.add_row(*row)
     Console().print(table)
-
-
-def write_json(payload: Any, path: str | Path) -> Path:
-    """JSON written to a temporary name then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
-    tmp.replace(path)
-    return path
 
 
 def metric_prefix(split: str) -> str:

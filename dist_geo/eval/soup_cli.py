@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
+from dist_geo.atomic import atomic_path, write_json
 from dist_geo.cli import add_config_arguments, config_from_args
 from dist_geo.config import ConfigError
 from dist_geo.distributed import init_distributed, shutdown
 from dist_geo.eval.evaluate import evaluate
 from dist_geo.eval.loading import load_for_eval, state_dict_of
-from dist_geo.eval.report import write_json
 from dist_geo.eval.soups import average_state_dicts, check_same_architecture, greedy_soup
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -71,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         if ctx.is_main:
             out = Path(args.out)
             _save_state_dict(state, out)
-            write_json(summary, out.with_suffix(".json"))
+            write_json(out.with_suffix(".json"), summary)
             log.info("%s soup of %d checkpoints -> %s (%s)", args.method,
                      len(summary["ingredients"]), out, summary.get("soup_recall_at_1", "unscored"))
         return 0

@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from dist_geo.atomic import write_json
 from dist_geo.config import Config, build_config, save_config
 from dist_geo.distributed import DistContext
 from dist_geo.errors import CheckpointError
-from shards.manifest import sha256_file, write_json_atomic
+from shards.manifest import sha256_file
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -180,7 +181,7 @@ def save_checkpoint(
               tmp / head_file(g, r))
     tensors, plain = rng_state()
     _save(tensors, tmp / f"rng/rank_{r:03d}.pt")
-    write_json_atomic(tmp / f"rng/rank_{r:03d}.json", plain)
+    write_json(tmp / f"rng/rank_{r:03d}.json", plain, indent=1)
     ctx.barrier()
     if ctx.is_main:
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -196,7 +197,7 @@ def save_checkpoint(
             "groups": [{"num_classes": int(h.num_classes)} for h in heads],
             "files": {str(p.relative_to(tmp)): sha256_file(p) for p in files},
         }
-        write_json_atomic(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, manifest, indent=1)
         _replace_dir(tmp, directory)
     ctx.barrier()
     return directory
@@ -323,7 +324,7 @@ def reslice_checkpoint(src: str | Path, dst: str | Path, new_world: int) -> Path
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     manifest["world_size"] = new_world
     manifest["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in files}
-    write_json_atomic(tmp / MANIFEST, manifest)
+    write_json(tmp / MANIFEST, manifest, indent=1)
     _replace_dir(tmp, dst)
     return dst
 

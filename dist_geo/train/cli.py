@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dist_geo.atomic import write_json
 from dist_geo.cli import add_config_arguments, config_from_args
 from dist_geo.config import Config
 from dist_geo.distributed import init_distributed, shutdown
@@ -67,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         result = train(cfg, ctx, on_epoch_end=epoch_logger(Path(args.epoch_log), cfg)
                        if args.epoch_log else None)
         if ctx.is_main and args.result:
-            Path(args.result).write_text(json.dumps(result, indent=1))
+            write_json(args.result, result, indent=1)
     finally:
         shutdown()
     return 0

@@ -36,6 +36,7 @@ import utm
 from PIL import Image
 from tqdm import tqdm
 
+from dist_geo.atomic import write_text
 from dist_geo.data.synth.effects import add_noise, occlude, roll_crop
 from dist_geo.data.synth.render import Lighting, render, sample_lighting, to_uint8
 from dist_geo.data.synth.world import City, generate_city, street_segments
@@ -204,10 +205,7 @@ def _write_queries(city: City, spec: WorldSpec, folder: Path, segments: np.ndarr
 
 def _write_list(folder: Path, names: list[str]) -> None:
     """`<folder>_images_paths.txt`, paths relative to the folder (CosPlace's convention)."""
-    path = images_paths_file(folder)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{n}\n" for n in sorted(names)))
-    tmp.replace(path)
+    write_text(images_paths_file(folder), "".join(f"{n}\n" for n in sorted(names)))
 
 
 def _write_split(city: City, spec: WorldSpec, lay: Layout, split: str, tmp: Path, seed: int,
@@ -300,8 +298,6 @@ def write_world(out: str | Path, seed: int = 0, preset: str = "demo", **sizes) -
         for name, r in lay.regions.items()
     }
     info = {"params": params, "counts": counts, "utm_zone": f"{ZONE_NUMBER}{ZONE_LETTER}", "regions": regions}
-    tmp_json = out / "world.json.tmp"
-    tmp_json.write_text(json.dumps(info, indent=2) + "\n")
-    tmp_json.replace(world_json)
+    write_text(world_json, json.dumps(info, indent=2) + "\n")
     partial.unlink(missing_ok=True)
     return out
