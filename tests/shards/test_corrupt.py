@@ -51,12 +51,17 @@ def test_verify_clean_then_reports_shard_and_key(train_root, data_cfg, tmp_path,
     assert f"{bad_jpeg}: sample '{bad_key}'" in printed and str(cut) in printed
 
 
+def loader_setup(train_root, shard_overrides, out, backend):
+    """A config for `backend` with 16 px batches of 4, and the shards written for it in `out`."""
+    cfg = build_config(overrides=[*shard_overrides, f"data.shards={out}", f"data.loader={backend}",
+                                  "data.image_size=16", "train.batch_size=4", "data.num_workers=0"])
+    return cfg, write_shards(train_root, out, cfg.data)
+
+
 @pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_loader_skips_counts_and_names_corrupt_samples(train_root, shard_overrides, tmp_path, backend):
     out = tmp_path / "shards"
-    cfg = build_config(overrides=[*shard_overrides, f"data.shards={out}", f"data.loader={backend}",
-                                  "data.image_size=16", "train.batch_size=4", "data.num_workers=0"])
-    manifest = write_shards(train_root, out, cfg.data)
+    cfg, manifest = loader_setup(train_root, shard_overrides, out, backend)
     shards = [out / s["file"] for s in manifest["groups"][0]["shards"]]
     bad_key = corrupt_first_jpeg(shards[0])
     truncate(shards[-1], 3000)
@@ -78,9 +83,7 @@ def test_loader_skips_counts_and_names_corrupt_samples(train_root, shard_overrid
 @pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_loader_fails_clearly_when_nothing_is_readable(train_root, shard_overrides, tmp_path, backend):
     out = tmp_path / "shards"
-    cfg = build_config(overrides=[*shard_overrides, f"data.shards={out}", f"data.loader={backend}",
-                                  "data.image_size=16", "train.batch_size=4", "data.num_workers=0"])
-    manifest = write_shards(train_root, out, cfg.data)
+    cfg, manifest = loader_setup(train_root, shard_overrides, out, backend)
     for shard in manifest["groups"][1]["shards"]:
         truncate(out / shard["file"], 100)
     with pytest.raises(DataError, match="readable"):
