@@ -20,9 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
+from dist_geo.atomic import write_json
 from dist_geo.config import Config
+from dist_geo.config_args import add_config_arguments, config_from_args
+from dist_geo.data.synth import write_world
 from dist_geo.distributed import single_process
+from dist_geo.eval.evaluate import evaluate
+from dist_geo.eval.raw_pixels import raw_pixel_baseline
+from dist_geo.eval.report import log_to_mlflow, metric_prefix
+from dist_geo.model.network import build_model
+from dist_geo.train.launch import launch_local
+from shards.writer import write_shards
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +41,6 @@ METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "recall_at_20")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from dist_geo.cli import add_config_arguments
-
     parser.add_argument("--out", default="runs/demo", help="folder for world, shards, run, results")
     parser.add_argument("--nproc", type=int, default=2, help="data-parallel training processes")
     parser.add_argument("--preset", default="demo", help="synthetic world preset (tiny, demo, bench)")
@@ -39,8 +48,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dist_geo.cli import config_from_args
-
     run_demo(config_from_args(args), Path(args.out), nproc=args.nproc, preset=args.preset)
     return 0
 
@@ -55,8 +62,6 @@ def demo_config(cfg: Config, out: Path) -> Config:
 
 def untrained_network(cfg: Config) -> torch.nn.Module:
     """The network as training starts it: same seed, same initialisation."""
-    from dist_geo.model.network import build_model
-
     torch.manual_seed(cfg.train.seed)
     return build_model(cfg.model)
 
@@ -66,14 +71,6 @@ def pick(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
 
 
 def run_demo(cfg: Config, out: Path, nproc: int = 2, preset: str = "demo") -> dict[str, Any]:
-    from dist_geo.atomic import write_json
-    from dist_geo.data.synth import write_world
-    from dist_geo.eval.evaluate import evaluate
-    from dist_geo.eval.raw_pixels import raw_pixel_baseline
-    from dist_geo.eval.report import log_to_mlflow, metric_prefix
-    from dist_geo.train.launch import launch_local
-    from shards.writer import write_shards
-
     started = time.perf_counter()
     cfg = demo_config(cfg, out)
     splits = list(cfg.eval.splits)
@@ -121,9 +118,6 @@ def run_demo(cfg: Config, out: Path, nproc: int = 2, preset: str = "demo") -> di
 
 
 def print_comparison(results: dict[str, Any], splits: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="dist-geo demo: recall (%) on the synthetic world")
     table.add_column("model")
     for split in splits:

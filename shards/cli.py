@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from dist_geo.cli import add_config_arguments, config_from_args
 from dist_geo.config import DataConfig
+from dist_geo.config_args import add_config_arguments, config_from_args
 from shards.manifest import shards_dir
 from shards.verify import verify_shards
 from shards.writer import write_shards

@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from dist_geo.atomic import write_json
-from dist_geo.cli import add_config_arguments, config_from_args
 from dist_geo.config import Config, build_config, to_dict
+from dist_geo.config_args import add_config_arguments, config_from_args
 from dist_geo.distributed import init_distributed, shutdown
 from dist_geo.errors import DataError
 from dist_geo.eval.evaluate import evaluate

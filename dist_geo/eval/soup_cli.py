@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from dist_geo.atomic import atomic_path, write_json
-from dist_geo.cli import add_config_arguments, config_from_args
 from dist_geo.config import ConfigError
+from dist_geo.config_args import add_config_arguments, config_from_args
 from dist_geo.distributed import init_distributed, shutdown
 from dist_geo.eval.evaluate import evaluate
 from dist_geo.eval.loading import load_for_eval, state_dict_of

@@ -14,16 +14,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from dist_geo import subcommand
 from dist_geo.atomic import write_json
-from dist_geo.cli import add_config_arguments, config_from_args
 from dist_geo.config import Config
+from dist_geo.config_args import add_config_arguments, config_from_args
 from dist_geo.distributed import init_distributed, shutdown
 from dist_geo.train.launch import elastic_restart_count, join_elastic_group
-
-if TYPE_CHECKING:
-    from dist_geo.train.trainer import EpochHook
+from dist_geo.train.trainer import EpochHook, train
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +60,6 @@ def main(args: argparse.Namespace) -> int:
     if elastic_restart_count() > 0 and last.exists():
         log.info("elastic restart %d: resuming from %s", elastic_restart_count(), last.parent)
         cfg.train.resume = True
-    from dist_geo.train.trainer import train
-
     try:
         result = train(cfg, ctx, on_epoch_end=epoch_logger(Path(args.epoch_log), cfg)
                        if args.epoch_log else None)
@@ -75,6 +71,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # python -m dist_geo.train.cli ... (what torchrun -m runs)
-    from dist_geo.cli import main as dist_geo_main
-
-    sys.exit(dist_geo_main(["train", *sys.argv[1:]]))
+    sys.exit(subcommand.run_alone(sys.modules[__name__], "train", sys.argv[1:]))
