@@ -1,14 +1,15 @@
-"""Files are written to a temporary name beside their final place, then renamed.
+"""Files and folders are written under a temporary name beside their final place, then renamed.
 
 A reader (a resumed run, another rank, a user's script) then sees the old file or the new
 one, never half of one, and an interrupted write leaves nothing it could mistake for a result.
-Folders that must appear whole (checkpoints, dataset splits, shard pairs) use the same idea
-with their own rename, where they are written.
+Folders that must appear whole (checkpoints, dataset splits) are staged the same way
+(`atomic_dir`, or `staging_path` + `publish_dir` when several ranks write one folder).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,3 +42,57 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, payload: Any, indent: int = 2) -> Path:
     return write_text(path, json.dumps(payload, indent=indent))
+
+
+def staging_path(path: str | Path, private: bool = False) -> Path:
+    """The temporary folder beside `path` its content is written into: `.<name>.tmp`, one name
+    for all the ranks writing one checkpoint, or `.<name>.<pid>.tmp` when `private`, so that
+    concurrent writers of the same folder each write their own."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp" if private else f".{path.name}.tmp")
+
+
+def previous_path(path: str | Path) -> Path:
+    """`.<name>.old`: where `publish_dir` keeps the folder it replaces until the new one is in
+    place; a reader that finds no `path` (a crash between the two renames) reads this one."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.old")
+
+
+def publish_dir(staging: Path, path: Path, replace: bool = True) -> Path:
+    """Rename the finished folder `staging` to `path`.
+
+    With `replace`, an existing `path` is swapped out (kept as `previous_path(path)` until the
+    rename is done); without, an existing `path` (a concurrent writer of the same content
+    finished first) is kept and `staging` is removed.
+    """
+    if replace:
+        old = previous_path(path)
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        staging.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+    try:
+        staging.rename(path)
+    except OSError:
+        if not path.exists():
+            raise
+        shutil.rmtree(staging)
+    return path
+
+
+@contextmanager
+def atomic_dir(path: str | Path, replace: bool = True, private: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder to write `path`'s content into; publish it on success
+    (see `publish_dir`). On an error the staging folder is removed."""
+    path = Path(path)
+    staging = staging_path(path, private)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        publish_dir(staging, path, replace)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

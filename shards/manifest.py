@@ -20,7 +20,6 @@ manifest.json:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -79,14 +78,6 @@ def decode_label(data: bytes) -> int:
     return int(np.frombuffer(data, dtype=LABEL_DTYPE)[0])
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     """The manifest of a complete shard folder; DataError names the folder if there is none."""
     path = Path(out_dir) / MANIFEST
@@ -116,5 +107,5 @@ def group_entry(manifest: dict[str, Any], group_index: int, out_dir: Path) -> di
 __all__ = [
     "LABEL_DTYPE", "MANIFEST", "PARAMS", "SAMPLE_EXTENSIONS", "decode_label", "encode_label",
     "entry_key_end", "group_dir", "group_entry", "index_entries", "index_path", "read_manifest",
-    "sha256_file", "shard_name", "shards_dir",
+    "shard_name", "shards_dir",
 ]

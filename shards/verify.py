@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dist_geo.checksums import matches
 from shards.manifest import (
     SAMPLE_EXTENSIONS, decode_label, entry_key_end, index_entries, index_path, read_manifest,
-    sha256_file,
 )
 from shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 
@@ -60,7 +60,7 @@ def _verify_shard(tar: Path, entry: dict, num_classes: int, report: VerifyReport
         report.faults.append(Fault(name, "", "missing"))
         return
     report.faults += _index_faults(tar, entry["samples"])
-    if sha256_file(tar) != entry["sha256"]:
+    if not matches(tar, entry["sha256"]):
         report.faults.append(Fault(name, "", "checksum differs from the manifest"))
     count = 0
     try:

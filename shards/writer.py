@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import math
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -38,13 +37,14 @@ from PIL import Image, UnidentifiedImageError
 from webdataset import TarWriter
 from wds2idx import IndexCreator
 
-from dist_geo.atomic import write_json
+from dist_geo.atomic import atomic_path, write_json
+from dist_geo.checksums import sha256_file
 from dist_geo.config import DataConfig
 from dist_geo.data.groups import Group, build_groups
 from dist_geo.data.vg_format import ImageRecord, list_images
 from dist_geo.errors import DataError
 from shards.manifest import (
-    MANIFEST, PARAMS, encode_label, group_dir, index_entries, index_path, sha256_file, shard_name,
+    MANIFEST, PARAMS, encode_label, group_dir, index_entries, index_path, shard_name,
 )
 
 log = logging.getLogger(__name__)
@@ -98,16 +98,16 @@ def _sample(key: str, label: int, g: int, group: Group, record: ImageRecord, dat
 
 
 def _write_shard(tar: Path, samples: list[dict]) -> int:
-    """Write one tar + its DALI index under temporary names, then rename; returns the count."""
-    tmp = tar.with_name(f".{tar.name}.{os.getpid()}.tmp")
-    tmp_idx = tar.with_name(f".{tar.stem}.{os.getpid()}.idx.tmp")
-    with open(tmp, "wb") as f, TarWriter(f, encoder=False, mtime=0) as writer:
-        for sample in samples:
-            writer.write(sample)
-    with IndexCreator(str(tmp), str(tmp_idx), verbose=False) as index:
-        index.create_index()
-    tmp_idx.replace(index_path(tar))
-    tmp.replace(tar)  # the tar last: its presence marks the shard finished
+    """Write one tar + its DALI index under temporary names, then rename; returns the count.
+
+    The index is renamed first, the tar last: the tar's presence marks the shard finished.
+    """
+    with atomic_path(tar) as tmp, atomic_path(index_path(tar)) as tmp_idx:
+        with open(tmp, "wb") as f, TarWriter(f, encoder=False, mtime=0) as writer:
+            for sample in samples:
+                writer.write(sample)
+        with IndexCreator(str(tmp), str(tmp_idx), verbose=False) as index:
+            index.create_index()
     return len(samples)
 
 
@@ -125,7 +125,7 @@ def _write_group(g: int, group: Group, out_dir: Path, data_cfg: DataConfig,
     plan = plan_samples(group, data_cfg.sampling, rng)
     folder = group_dir(out_dir, g)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".shard-*.tmp"):  # an interrupted run's partial shard
+    for stale in folder.glob(".shard-*.tmp.*"):  # an interrupted run's partial shard
         stale.unlink()
     shards, bad = [], []
     for i, start in enumerate(range(0, len(plan), data_cfg.shard_size)):

@@ -15,9 +15,10 @@ Layout of one checkpoint (`<train.out>/checkpoints/{last,best,epoch_NNN}/`):
 
 Files hold tensors and plain containers only and load with `torch.load(weights_only=True)`;
 everything else is JSON. A checkpoint is written into `.<name>.tmp` beside its final place by
-all ranks, then rank 0 hashes the files, writes the manifest and renames the folder (the old
-one is moved to `.<name>.old` and deleted after the rename, and reading falls back to it if a
-crash happened between the two renames). Ranks must share the filesystem of `train.out`.
+all ranks, then rank 0 hashes the files, writes the manifest and renames the folder
+(dist_geo/atomic.py: the old one is moved to `.<name>.old` and deleted after the rename, and
+reading falls back to it if a crash happened between the two renames). Ranks must share the
+filesystem of `train.out`.
 
 Heads are sharded by class (rank r holds rows `class_range(num_classes, r, world)`); a
 checkpoint written by W ranks is read by any number of ranks: `read_head` gathers the W shards
@@ -38,11 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from dist_geo.atomic import write_json
+from dist_geo.atomic import atomic_dir, previous_path, publish_dir, staging_path, write_json
+from dist_geo.checksums import checksum_files, matches
 from dist_geo.config import Config, build_config, save_config
 from dist_geo.distributed import DistContext
 from dist_geo.errors import CheckpointError
-from shards.manifest import sha256_file
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -82,7 +83,7 @@ def _verified(directory: Path, manifest: dict[str, Any], name: str) -> Path:
     path = directory / name
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file missing")
-    if sha256_file(path) != manifest["files"].get(name):
+    if not matches(path, manifest["files"].get(name)):
         raise CheckpointError(f"{path}: sha256 does not match the checkpoint manifest (corrupt)")
     return path
 
@@ -162,7 +163,7 @@ def save_checkpoint(
     head_optimizers: list[torch.optim.Optimizer],
 ) -> Path:
     """Collective: every rank calls it; returns the final folder once rank 0 has renamed it."""
-    tmp = directory.parent / f".{directory.name}.tmp"
+    tmp = staging_path(directory)
     if ctx.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -184,7 +185,6 @@ def save_checkpoint(
     write_json(tmp / f"rng/rank_{r:03d}.json", plain, indent=1)
     ctx.barrier()
     if ctx.is_main:
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
             "world_size": ctx.world_size,
@@ -195,21 +195,16 @@ def save_checkpoint(
             "best_epoch": state.best_epoch,
             "metrics": state.metrics,
             "groups": [{"num_classes": int(h.num_classes)} for h in heads],
-            "files": {str(p.relative_to(tmp)): sha256_file(p) for p in files},
         }
-        write_json(tmp / MANIFEST, manifest, indent=1)
-        _replace_dir(tmp, directory)
+        _seal(tmp, manifest)
+        publish_dir(tmp, directory)
     ctx.barrier()
     return directory
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    old = dst.parent / f".{dst.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        dst.rename(old)
-    src.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
+def _seal(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write `manifest` into `folder` with the sha256 of every file there, the manifest last."""
+    write_json(folder / MANIFEST, {**manifest, "files": checksum_files(folder)}, indent=1)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -225,10 +220,8 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
     Files are hard-linked when possible: checkpoint files are never modified in place (a new
     checkpoint is a new folder renamed over the old one), so sharing them is safe and free.
     """
-    tmp = dst.parent / f".{dst.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=_link_or_copy)
-    _replace_dir(tmp, dst)
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
 
 
 def resolve(directory: str | Path) -> Path:
@@ -236,7 +229,7 @@ def resolve(directory: str | Path) -> Path:
     directory = Path(directory)
     if (directory / MANIFEST).is_file():
         return directory
-    old = directory.parent / f".{directory.name}.old"
+    old = previous_path(directory)
     if (old / MANIFEST).is_file():
         return old
     raise CheckpointError(f"{directory / MANIFEST}: no checkpoint manifest")
@@ -305,27 +298,21 @@ def reslice_checkpoint(src: str | Path, dst: str | Path, new_world: int) -> Path
             f"{src}: the optimizer state is partitioned by ZeRO stage {manifest['zero_stage']} "
             f"over {manifest['world_size']} ranks and cannot be re-sliced"
         )
-    tmp = dst.parent / f".{dst.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in manifest["files"]:
-        if not name.startswith(("heads/", "rng/")):
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, tmp / name)
-    for g in range(len(manifest["groups"])):
-        parts = [_read(src, manifest, head_file(g, r)) for r in range(manifest["world_size"])]
-        for r, part in enumerate(reslice_head(parts, new_world)):
-            _save(part, tmp / head_file(g, r))
-    for r in range(new_world):
-        old_r = r if r < manifest["world_size"] else 0
-        for ext in ("pt", "json"):
-            (tmp / "rng").mkdir(exist_ok=True)
-            shutil.copy2(src / f"rng/rank_{old_r:03d}.{ext}", tmp / f"rng/rank_{r:03d}.{ext}")
-    files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    manifest["world_size"] = new_world
-    manifest["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in files}
-    write_json(tmp / MANIFEST, manifest, indent=1)
-    _replace_dir(tmp, dst)
+    with atomic_dir(dst) as tmp:
+        for name in manifest["files"]:
+            if not name.startswith(("heads/", "rng/")):
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / name, tmp / name)
+        for g in range(len(manifest["groups"])):
+            parts = [_read(src, manifest, head_file(g, r)) for r in range(manifest["world_size"])]
+            for r, part in enumerate(reslice_head(parts, new_world)):
+                _save(part, tmp / head_file(g, r))
+        for r in range(new_world):
+            old_r = r if r < manifest["world_size"] else 0
+            for ext in ("pt", "json"):
+                (tmp / "rng").mkdir(exist_ok=True)
+                shutil.copy2(src / f"rng/rank_{old_r:03d}.{ext}", tmp / f"rng/rank_{r:03d}.{ext}")
+        _seal(tmp, {**manifest, "world_size": new_world})
     return dst
 
 

@@ -74,7 +74,7 @@ def test_rerun_skips_finished_shards_and_interrupted_write_leaves_no_shard(
     second = write_shards(train_root, out, data_cfg)
     assert second == first  # same layout and checksums: rewritten shard is byte-identical
     assert all(t.stat().st_mtime_ns == mtimes[t] for t in tars if t != tars[1])
-    assert not list(out.rglob("*.tmp"))  # the interrupted attempt's partial files are gone
+    assert not list(out.rglob("*.tmp*"))  # the interrupted attempt's partial files are gone
 
 
 def test_other_parameters_are_refused(train_root, data_cfg, tmp_path):

@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ import utm
 from PIL import Image
 from tqdm import tqdm
 
-from dist_geo.atomic import write_text
+from dist_geo.atomic import atomic_dir, write_text
 from dist_geo.data.synth.effects import add_noise, occlude, roll_crop
 from dist_geo.data.synth.render import Lighting, render, sample_lighting, to_uint8
 from dist_geo.data.synth.world import City, generate_city, street_segments
@@ -275,17 +273,10 @@ def write_world(out: str | Path, seed: int = 0, preset: str = "demo", **sizes) -
             counts.update(json.loads((final / ".counts.json").read_text()))
             continue
         start = time.perf_counter()
-        tmp = out / f".tmp-{split}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        split_counts = _write_split(city, spec, lay, split, tmp, seed, namer)
-        (tmp / ".counts.json").write_text(json.dumps(split_counts))
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not final.exists():
-                raise
-            shutil.rmtree(tmp)  # a concurrent writer of the same world finished it first
+        # A concurrent writer of the same world that finished the split first is kept.
+        with atomic_dir(final, replace=False, private=True) as tmp:
+            split_counts = _write_split(city, spec, lay, split, tmp, seed, namer)
+            (tmp / ".counts.json").write_text(json.dumps(split_counts))
         counts.update(split_counts)
         log.info("%s: %s written in %.1f s (%s)", out, split, time.perf_counter() - start, split_counts)
     train_list = out / "train" / "images_paths.txt"
