@@ -1,9 +1,10 @@
 """Who am I in the job: rank, world size, local rank, device and communication backend.
 
 This is the one module that reads the launcher's environment (`RANK`, `WORLD_SIZE`,
-`LOCAL_RANK`, `MASTER_ADDR`, ... as set by torchrun, the deepspeed launcher or Slurm through
-our scripts). Everything else receives a `DistContext`. A single process is the plain case of
-the same code: world size 1, no process group needed.
+`LOCAL_RANK`, `MASTER_ADDR`, torchrun's elastic restart count, ... as set by torchrun, the
+deepspeed launcher or Slurm through our scripts) and the one that knows which backend a device
+takes (`DistContext.backend`). Everything else receives a `DistContext`. A single process is
+the plain case of the same code: world size 1, no process group needed.
 """
 from __future__ import annotations
 
@@ -48,26 +49,51 @@ def choose_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def elastic_restart_count() -> int:
+    """How many times torchrun's elastic agent restarted this worker group (0 on a first start)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def _join_elastic_group(ctx: DistContext, timeout: timedelta) -> None:
+    """Under torchrun, join the process group through keys private to this restart.
+
+    torchrun's agent keeps one store for the whole job; after a restart (`--max-restarts`)
+    a plain `env://` init can read the previous attempt's gloo addresses from it and fail
+    with "Gloo connectFullMesh failed ... Connection refused" (measured with torch 2.14.1,
+    both --standalone and c10d rendezvous). Prefixing the keys with the restart count avoids it.
+    """
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          ctx.world_size, is_master=False, timeout=timeout)
+    dist.init_process_group(
+        ctx.backend, store=dist.PrefixStore(f"restart_{elastic_restart_count()}", store),
+        rank=ctx.rank, world_size=ctx.world_size, timeout=timeout,
+    )
+
+
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext:
     """Join the process group the launcher described (if any) and pick this rank's device.
 
-    Safe to call twice: an existing process group is reused. Sets `DS_ACCELERATOR=cpu` when
-    no GPU will be used, before DeepSpeed is imported anywhere, so DeepSpeed talks gloo.
+    Safe to call twice: an existing process group is reused. Under torchrun's agent the group
+    is joined through keys private to the restart (`_join_elastic_group`), else `env://`.
+    Sets `DS_ACCELERATOR=cpu` when no GPU will be used, before DeepSpeed is imported
+    anywhere, so DeepSpeed talks gloo.
     """
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    dev = choose_device(device, local_rank)
-    if dev.type == "cpu":
+    ctx = DistContext(rank=int(os.environ.get("RANK", 0)),
+                      world_size=int(os.environ.get("WORLD_SIZE", 1)),
+                      local_rank=local_rank, device=choose_device(device, local_rank))
+    if ctx.device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     else:
-        torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(
-            backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
-        )
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+        torch.cuda.set_device(ctx.device)
+    if ctx.is_distributed and not dist.is_initialized():
+        timeout = timedelta(seconds=timeout_s)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            _join_elastic_group(ctx, timeout)
+        else:
+            dist.init_process_group(ctx.backend, rank=ctx.rank, world_size=ctx.world_size,
+                                    timeout=timeout)
+    return ctx
 
 
 def single_process(device: str = "cpu") -> DistContext:

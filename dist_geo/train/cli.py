@@ -19,8 +19,7 @@ from dist_geo import subcommand
 from dist_geo.atomic import write_json
 from dist_geo.config import Config
 from dist_geo.config_args import add_config_arguments, config_from_args
-from dist_geo.distributed import init_distributed, shutdown
-from dist_geo.train.launch import elastic_restart_count, join_elastic_group
+from dist_geo.distributed import elastic_restart_count, init_distributed, shutdown
 from dist_geo.train.trainer import EpochHook, train
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,6 @@ def epoch_logger(path: Path, cfg: Config) -> EpochHook:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    join_elastic_group(cfg.train.device)
     ctx = init_distributed(cfg.train.device)
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)

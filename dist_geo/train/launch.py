@@ -1,12 +1,10 @@
-"""Launching training processes: local multi-process runs from Python, elastic restarts.
+"""Launching training processes from Python: N local ranks under torchrun, waited for or followed.
 
 `launch_local(cfg, nproc)` is what the demo and notebooks use to train with N processes on
 this machine: it saves the config, runs `python -m torch.distributed.run --standalone
 --nproc_per_node=N -m dist_geo.train.cli --config <yaml> --result <json>` (torchrun picks a
 free port) and returns rank 0's result dict. The same command line, with `--nnodes`,
 `--node_rank` and `--rdzv_endpoint`, is the multi-node launch (see launch/README.md).
-
-This module and dist_geo/distributed.py are the only ones reading the launcher's environment.
 """
 from __future__ import annotations
 
@@ -14,44 +12,11 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
-
 from dist_geo.config import Config, save_config
-from dist_geo.distributed import choose_device
 from dist_geo.errors import DistGeoError
-
-
-def elastic_restart_count() -> int:
-    """How many times torchrun's elastic agent restarted this worker group (0 on a first start)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-
-
-def join_elastic_group(device: str, timeout_s: int = 1800) -> None:
-    """Under torchrun, join the process group through keys private to this restart.
-
-    torchrun's agent keeps one store for the whole job; after a restart (`--max-restarts`)
-    a plain `env://` init can read the previous attempt's gloo addresses from it and fail
-    with "Gloo connectFullMesh failed ... Connection refused" (measured with torch 2.14.1,
-    both --standalone and c10d rendezvous). Prefixing the keys with the restart count avoids
-    it. `init_distributed` then reuses this group. A no-op outside torchrun or for one rank.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if (world_size == 1 or dist.is_initialized()
-            or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"):
-        return
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
-    backend = "nccl" if choose_device(device, local_rank).type == "cuda" else "gloo"
-    timeout = timedelta(seconds=timeout_s)
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                          world_size, is_master=False, timeout=timeout)
-    dist.init_process_group(
-        backend, store=dist.PrefixStore(f"restart_{elastic_restart_count()}", store),
-        rank=rank, world_size=world_size, timeout=timeout,
-    )
 
 
 def start_local(
