@@ -30,8 +30,8 @@ from dist_geo.data.loader import build_train_loader
 from dist_geo.data.synth.writer import write_world
 from dist_geo.data.vg_format import list_images
 from dist_geo.distributed import single_process
-from shards.reading import decode_rgb
-from shards.writer import write_shards
+from dist_geo.shards.reading import decode_rgb
+from dist_geo.shards.writer import write_shards
 
 # One group holding every class (N = L = 1), every class kept: the whole train split.
 LOADERS = ("dali_cpu", "torch_shards", "torch_folder")

@@ -51,7 +51,7 @@ class DataConfig:
     """Where the images are, how places become classes and groups, and how batches are made."""
 
     dataset: str = "runs/synth"  # root holding train/ val/ test/ in the VG layout
-    shards: str = ""  # shard folder; empty = <dataset>/../shards/<dataset name>
+    shards: str = ""  # shard folder; empty = shards/<dataset folder name> in the working dir
     loader: str = _choice("dali", "dali", "torch")
     image_size: int = _range(512, 16)  # training crop side
     M: int = _range(10, 1)  # cell side in metres

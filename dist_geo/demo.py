@@ -1,7 +1,7 @@
 """`dist-geo demo`: the whole job on the built-in synthetic world, on whatever this machine has.
 
     synthesise the world (cached)       dist_geo.data.synth.write_world
-    shard its train split per group     shards.writer.write_shards (finished shards are kept)
+    shard its train split per group     dist_geo.shards.writer.write_shards (finished shards are kept)
     train with N data-parallel ranks    dist_geo.train.launch_local (torchrun; gloo on CPU)
     test the best model                 (inside training: test and test-night, logged to MLflow)
     the two baselines on the same data  untrained network (the trained one's initial weights)
@@ -33,7 +33,7 @@ from dist_geo.eval.raw_pixels import raw_pixel_baseline
 from dist_geo.eval.report import log_to_mlflow, metric_prefix
 from dist_geo.model.network import build_model
 from dist_geo.train.launch import launch_local
-from shards.writer import write_shards
+from dist_geo.shards.writer import write_shards
 
 log = logging.getLogger(__name__)
 

@@ -119,7 +119,7 @@ def absolute_paths(flat: dict) -> dict:
 
 def ensure_shards(sweep: Sweep) -> Path:
     """Write the base config's shards once, before any trial, unless they are complete."""
-    from shards.manifest import MANIFEST, shards_dir
+    from dist_geo.shards.manifest import MANIFEST, shards_dir
 
     data_cfg = config_from_flat(sweep.base).data
     if not Path(data_cfg.dataset).is_dir():
@@ -129,7 +129,7 @@ def ensure_shards(sweep: Sweep) -> Path:
         )
     folder = shards_dir(data_cfg)
     if not (folder / MANIFEST).exists():
-        from shards.writer import write_shards
+        from dist_geo.shards.writer import write_shards
 
         log.info("writing the shards of %s into %s", data_cfg.dataset, folder)
         write_shards(data_cfg.dataset, folder, data_cfg)

@@ -45,6 +45,7 @@ from typing import Any
 from dist_geo.config import (
     Config, ConfigError, build_config, bundled_config, flatten, load_yaml, parse_override, to_dict,
 )
+from dist_geo.shards.manifest import SHARD_KEYS
 
 DOMAINS = ("choice", "grid", "uniform", "loguniform", "randint")
 SCHEDULERS = ("fifo", "asha", "pbt")
@@ -55,11 +56,7 @@ TOP_KEYS = {
 }
 CONFIG_KEYS = frozenset(flatten(to_dict(Config())))
 # Keys the shards are written from: one shard folder serves every trial, so they stay fixed.
-SHARD_KEYS = frozenset({
-    "data.dataset", "data.shards", "data.M", "data.alpha", "data.N", "data.L",
-    "data.groups_num", "data.min_images_per_class", "data.shard_size", "data.sampling",
-    "data.shard_seed", "data.skip_bad",
-})
+FIXED_KEYS = frozenset(f"data.{key}" for key in SHARD_KEYS)
 # Keys that change the network's parameters' shapes: PBT cannot clone across their values.
 SHAPE_KEYS = frozenset({"model.backbone", "model.fc_output_dim", "model.weights"})
 
@@ -247,7 +244,7 @@ def _check_combination(sweep: Sweep) -> None:
         raise ConfigError("search optuna samples its own points: use choice instead of grid")
     if sweep.scheduler["name"] == "pbt" and sweep.search["name"] == "optuna":
         raise ConfigError("scheduler pbt explores by itself: use search random with it")
-    fixed = sorted(SHARD_KEYS & sweep.swept_keys())
+    fixed = sorted(FIXED_KEYS & sweep.swept_keys())
     if fixed:
         raise ConfigError(
             f"space key '{fixed[0]}' changes the shards, written once per sweep: set it in base"

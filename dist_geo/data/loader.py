@@ -30,8 +30,8 @@ import torch
 from dist_geo.config import Config, ConfigError
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
-from shards.manifest import group_entry, read_manifest, shards_dir
-from shards.reading import Fault
+from dist_geo.shards.manifest import group_entry, read_manifest, shards_dir
+from dist_geo.shards.reading import Fault
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from dist_geo.data.augment import (
 from dist_geo.data.loader import FaultCounter, RankShards
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
-from shards.manifest import entry_key_end, index_entries, index_path
-from shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
+from dist_geo.shards.manifest import entry_key_end, index_entries, index_path
+from dist_geo.shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 
 log = logging.getLogger(__name__)
 

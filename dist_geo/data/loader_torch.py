@@ -2,7 +2,7 @@
 
 Per rank, one endless stream: passes over the rank's shards, each pass in a new seeded order,
 split across DataLoader workers (as `wds.split_by_worker`), read sample by sample
-(shards/reading.py, so faults carry shard and key), shuffled in a seeded buffer
+(dist_geo/shards/reading.py, so faults carry shard and key), shuffled in a seeded buffer
 (`wds.shuffle`), decoded and augmented (dist_geo/data/augment.py) and batched inside the
 worker. The DataLoader takes batches from its workers in turn, so batch i comes from worker
 i % W and the stream is a function of (seed, rank, worker count) alone: every random choice
@@ -31,8 +31,8 @@ from dist_geo.config import Config
 from dist_geo.data.augment import torch_transform
 from dist_geo.data.loader import FaultCounter, RankShards, derive_seed
 from dist_geo.errors import DataError
-from shards.manifest import decode_label
-from shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
+from dist_geo.shards.manifest import decode_label
+from dist_geo.shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`train(cfg, ctx)`: CosPlace's training schedule on a DeepSpeed engine, with exact resume.
 
 One run, top to bottom:
-  shards manifest (groups, classes per group)        shards/manifest.py
+  shards manifest (groups, classes per group)        dist_geo/shards/manifest.py
   network in a DeepSpeed engine, one head per group   engine.py, dist_geo/model/
   for epoch k: group g = k mod groups_num              (CosPlace's schedule)
       head g (and its optimizer state) -> device, the others stay on the CPU
@@ -88,7 +88,7 @@ class Trainer:
     def __init__(self, cfg: Config, ctx: DistContext):
         from dist_geo.model.network import build_model
         from dist_geo.model.partial_fc import build_head
-        from shards.manifest import read_manifest, shards_dir
+        from dist_geo.shards.manifest import read_manifest, shards_dir
 
         self.cfg, self.ctx = cfg, ctx
         self.out = Path(cfg.train.out)

@@ -15,8 +15,8 @@ from dist_geo.data.loader import build_train_loader, rank_shards
 from dist_geo.data.loader_dali import dali_pass_keys
 from dist_geo.data.loader_torch import pass_keys
 from dist_geo.distributed import DistContext, init_distributed, shutdown, single_process
-from shards.reading import iter_samples
-from shards.writer import write_shards
+from dist_geo.shards.reading import iter_samples
+from dist_geo.shards.writer import write_shards
 
 # The tiny world's group 0 (M=10, alpha=30, N=5, L=2): 12 classes of 3 images, 5 shards.
 OVERRIDES = ["data.M=10", "data.alpha=30", "data.N=5", "data.L=2", "data.groups_num=2",

@@ -9,9 +9,9 @@ from dist_geo.config import build_config
 from dist_geo.data.loader import build_train_loader
 from dist_geo.distributed import single_process
 from dist_geo.errors import DataError
-from shards.reading import iter_samples
-from shards.verify import verify_shards
-from shards.writer import write_shards
+from dist_geo.shards.reading import iter_samples
+from dist_geo.shards.verify import verify_shards
+from dist_geo.shards.writer import write_shards
 
 
 def corrupt_first_jpeg(tar: Path) -> str:

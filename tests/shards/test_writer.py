@@ -11,10 +11,10 @@ from dist_geo.cli import main as cli_main
 from dist_geo.data.groups import build_groups
 from dist_geo.data.vg_format import list_images
 from dist_geo.errors import DataError
-from shards import writer
-from shards.manifest import decode_label, read_manifest
-from shards.reading import iter_samples
-from shards.writer import write_shards
+from dist_geo.shards import writer
+from dist_geo.shards.manifest import decode_label, read_manifest
+from dist_geo.shards.reading import iter_samples
+from dist_geo.shards.writer import write_shards
 
 
 def _samples(out: Path, group: dict) -> list[dict]:

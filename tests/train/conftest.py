@@ -14,7 +14,7 @@ DATA = ["data.M=10", "data.alpha=30", "data.N=5", "data.L=2", "data.groups_num=2
 
 @pytest.fixture(scope="session")
 def train_shards(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from shards.writer import write_shards
+    from dist_geo.shards.writer import write_shards
 
     out = tmp_path_factory.mktemp("train_shards")
     write_shards(tiny_world, out, build_config(overrides=DATA).data)

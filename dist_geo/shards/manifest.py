@@ -1,22 +1,8 @@
-"""The shard folder's layout and its manifest, shared by the writer, the verifier and the loaders.
+"""The shard folder's layout, its manifest and the config keys it is made from, shared by the
+writer, the verifier, the loaders and the sweeps.
 
-    <out>/manifest.json                      written last: the folder is complete when it exists
-    <out>/shard_params.json                  written first: what the shards are made of
-    <out>/group_{g:02d}/shard-{i:06d}.tar    WebDataset tars: <key>.jpg, <key>.json, <key>.cls
-    <out>/group_{g:02d}/shard-{i:06d}.idx    DALI's index of the tar beside it (wds2idx format)
-
-`<key>.cls` is the local class index as 8 little-endian bytes (int64), so that DALI reads it
-as a dense int64 tensor of one element and webdataset needs no text parsing.
-
-manifest.json:
-    {"version": 1, "dataset": abs path, "split": "train",
-     "M", "alpha", "N", "L", "groups_num", "min_images_per_class", "shard_size", "sampling",
-     "shard_seed": the parameters (shard_params.json holds the same, plus dataset and split),
-     "num_images": images listed in the split, "skipped_names": [paths],
-     "groups": [{"index": g, "group_id": [e, n, h], "num_classes", "num_images",
-                 "num_samples": samples in its shards, "class_ids": [[e, n, h], ...] (label order),
-                 "skipped_images": [paths], "shards": [{"file": "group_gg/shard-iiiiii.tar"
-                 (relative to the folder), "samples", "sha256"}, ...]}, ...]}
+The format (folder layout, sample members, manifest.json) is described in `shards/README.md`
+at the top of the repository, the default place shard sets are written to.
 """
 from __future__ import annotations
 
@@ -35,12 +21,24 @@ LABEL_DTYPE = np.dtype("<i8")
 SAMPLE_EXTENSIONS = ("jpg", "json", "cls")
 
 
+# The DataConfig keys that decide what a shard set holds: shard_params.json and the manifest
+# record them, and a re-run into the same folder must match them.
+SHARD_PARAMS = ("M", "alpha", "N", "L", "groups_num", "min_images_per_class", "shard_size",
+                "sampling", "shard_seed")
+# With them, the keys that decide which shard set a run reads and which images it left out:
+# one shard set serves every trial of a sweep, so a sweep holds all of these fixed.
+SHARD_KEYS = ("dataset", "shards", "skip_bad", *SHARD_PARAMS)
+
+
+def shard_params(data_cfg: DataConfig) -> dict[str, Any]:
+    return {k: getattr(data_cfg, k) for k in SHARD_PARAMS}
+
+
 def shards_dir(data_cfg: DataConfig) -> Path:
-    """`data.shards`, or `<dataset>/../shards/<dataset name>` when it is empty."""
+    """`data.shards`, or `shards/<dataset folder name>` (in the working directory) when empty."""
     if data_cfg.shards:
         return Path(data_cfg.shards)
-    dataset = Path(data_cfg.dataset).resolve()
-    return dataset.parent / "shards" / dataset.name
+    return Path("shards") / Path(data_cfg.dataset).resolve().name
 
 
 def group_dir(out_dir: Path, group_index: int) -> Path:
@@ -105,7 +103,8 @@ def group_entry(manifest: dict[str, Any], group_index: int, out_dir: Path) -> di
 
 
 __all__ = [
-    "LABEL_DTYPE", "MANIFEST", "PARAMS", "SAMPLE_EXTENSIONS", "decode_label", "encode_label",
+    "LABEL_DTYPE", "MANIFEST", "PARAMS", "SAMPLE_EXTENSIONS", "SHARD_KEYS", "SHARD_PARAMS",
+    "decode_label", "encode_label",
     "entry_key_end", "group_dir", "group_entry", "index_entries", "index_path", "read_manifest",
     "shard_name", "shards_dir",
 ]

@@ -2,7 +2,7 @@
 
 Overrides are config keys (`data.M=15`); the grouping and shard keys may drop the `data.`
 prefix (`M=15 shard_size=500`). DATASET defaults to data.dataset, OUT to the shard folder
-the loaders read (data.shards, or <dataset>/../shards/<name>).
+the loaders read (data.shards, or shards/<dataset folder name> in the working directory).
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import json
 
 from dist_geo.config import DataConfig
 from dist_geo.config_args import add_config_arguments, config_from_args
-from shards.manifest import shards_dir
-from shards.verify import verify_shards
-from shards.writer import write_shards
+from dist_geo.shards.manifest import shards_dir
+from dist_geo.shards.verify import verify_shards
+from dist_geo.shards.writer import write_shards
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

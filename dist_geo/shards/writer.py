@@ -3,7 +3,7 @@
 Each of the first `data.groups_num` groups gets its own folder of tars, so that the epoch that
 trains group g streams group g alone. A sample is the image file's bytes as they are on disk
 (`<key>.jpg`, never re-encoded), its metadata (`<key>.json`: UTM, heading, class and group) and
-its local class index (`<key>.cls`, 8 bytes, see shards/manifest.py). Keys are
+its local class index (`<key>.cls`, 8 bytes, see dist_geo/shards/manifest.py). Keys are
 `g{group}-{position:08d}`, the sample's position in its group's sequence.
 
 Class balance. CosPlace samples class-uniformly: an item is a class, then a random image of
@@ -43,20 +43,14 @@ from dist_geo.config import DataConfig
 from dist_geo.data.groups import Group, build_groups
 from dist_geo.data.vg_format import ImageRecord, list_images
 from dist_geo.errors import DataError
-from shards.manifest import (
+from dist_geo.shards.manifest import (
     MANIFEST, PARAMS, encode_label, group_dir, index_entries, index_path, shard_name,
+    shard_params,
 )
 
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-
-
-def shard_params(data_cfg: DataConfig) -> dict[str, Any]:
-    """The config values that decide what the shards contain (a re-run must match them)."""
-    keys = ("M", "alpha", "N", "L", "groups_num", "min_images_per_class", "shard_size",
-            "sampling", "shard_seed")
-    return {k: getattr(data_cfg, k) for k in keys}
 
 
 def plan_samples(group: Group, sampling: str, rng: random.Random) -> list[tuple[int, ImageRecord]]:
@@ -202,4 +196,4 @@ def write_shards(dataset_root: str | Path, out_dir: str | Path, data_cfg: DataCo
     return manifest
 
 
-__all__ = ["plan_samples", "shard_params", "write_shards"]
+__all__ = ["plan_samples", "write_shards"]

@@ -1,6 +1,6 @@
 """Check a shard folder against its manifest: checksum, sample count, readable members, images.
 
-Every image is decoded (shards.reading.decode_rgb, as the loaders do), so this reads and
+Every image is decoded (dist_geo.shards.reading.decode_rgb, as the loaders do), so this reads and
 decodes the whole folder once; each fault is reported by shard and sample key.
 """
 from __future__ import annotations
@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dist_geo.checksums import matches
-from shards.manifest import (
+from dist_geo.shards.manifest import (
     SAMPLE_EXTENSIONS, decode_label, entry_key_end, index_entries, index_path, read_manifest,
 )
-from shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
+from dist_geo.shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 
 
 @dataclass
