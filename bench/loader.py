@@ -2,7 +2,7 @@
 
 All three read the same images of one CosPlace group of a synthetic world (written once and
 cached under --out, as are its shards), apply the same augmentations (random resized crop,
-colour jitter, flip, normalisation; dist_geo/data/augment.py) and produce the same
+colour jitter, flip, normalisation; dist_geo/loaders/augment.py) and produce the same
 (images, labels) batches, side by side in one run; prints one JSON object. The first
 --warmup batches of each (start-up, worker spawn, shuffle-buffer fill) are not timed; each loader runs in a process
 of its own.
@@ -24,12 +24,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dist_geo.config import Config, build_config
-from dist_geo.data.augment import torch_transform
 from dist_geo.data.groups import build_groups
-from dist_geo.data.loader import build_train_loader
 from dist_geo.data.synth.writer import write_world
 from dist_geo.data.vg_format import list_images
 from dist_geo.distributed import single_process
+from dist_geo.loaders.augment import torch_transform
+from dist_geo.loaders.factory import build_train_loader
 from dist_geo.shards.reading import decode_rgb
 from dist_geo.shards.writer import write_shards
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from dist_geo.config import build_config, bundled_config
 from dist_geo.data.synth import write_world
-from dist_geo.train.launch import launch_local
 from dist_geo.shards.writer import write_shards
+from dist_geo.train.launch import launch_local
 
 LAYOUTS = ("class_uniform", "image_uniform")
 

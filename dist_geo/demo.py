@@ -32,8 +32,8 @@ from dist_geo.eval.evaluate import evaluate
 from dist_geo.eval.raw_pixels import raw_pixel_baseline
 from dist_geo.eval.report import log_to_mlflow, metric_prefix
 from dist_geo.model.network import build_model
-from dist_geo.train.launch import launch_local
 from dist_geo.shards.writer import write_shards
+from dist_geo.train.launch import launch_local
 
 log = logging.getLogger(__name__)
 

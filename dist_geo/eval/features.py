@@ -19,10 +19,10 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
-from dist_geo.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
 from dist_geo.eval.night import preprocess_night
+from dist_geo.loaders.augment import IMAGENET_MEAN, IMAGENET_STD
 
 Views = Callable[[torch.Tensor], list[torch.Tensor]]
 

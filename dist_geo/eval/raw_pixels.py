@@ -15,9 +15,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from dist_geo.config import Config
+from dist_geo.data.vg_format import list_images
 from dist_geo.errors import DataError
 from dist_geo.eval.evaluate import EvalResults, score_split, split_folders
-from dist_geo.data.vg_format import list_images
 
 THUMBNAIL_SIDE = 32
 

@@ -4,5 +4,5 @@ shards/README.md at the top of the repository).
 writer.py writes them (`dist-geo shard`), verify.py checks them (`dist-geo shard --verify`),
 manifest.py holds the folder layout, the manifest and the keys a shard set is made from,
 reading.py reads a tar sample by sample with faults named by shard and key. The loaders that
-stream them into training are dist_geo/data/loader*.py.
+stream them into training are dist_geo/loaders/.
 """

@@ -144,7 +144,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """The iterations of one epoch on group `epoch mod groups_num`, from the saved batch on."""
-        from dist_geo.data.loader import build_train_loader
+        from dist_geo.loaders.factory import build_train_loader
 
         cfg, ctx, engine = self.cfg, self.ctx, self.engine
         g = epoch % self.num_groups

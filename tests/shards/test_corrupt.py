@@ -6,9 +6,9 @@ import pytest
 
 from dist_geo.cli import main as cli_main
 from dist_geo.config import build_config
-from dist_geo.data.loader import build_train_loader
 from dist_geo.distributed import single_process
 from dist_geo.errors import DataError
+from dist_geo.loaders.factory import build_train_loader
 from dist_geo.shards.reading import iter_samples
 from dist_geo.shards.verify import verify_shards
 from dist_geo.shards.writer import write_shards

@@ -10,11 +10,12 @@ import torch
 import torch.multiprocessing as mp
 
 from dist_geo.config import build_config
-from dist_geo.data.augment import IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS
-from dist_geo.data.loader import build_train_loader, rank_shards
-from dist_geo.data.loader_dali import dali_pass_keys
-from dist_geo.data.loader_torch import pass_keys
 from dist_geo.distributed import DistContext, init_distributed, shutdown, single_process
+from dist_geo.loaders.augment import IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS
+from dist_geo.loaders.contract import rank_shards
+from dist_geo.loaders.dali_backend import dali_pass_keys
+from dist_geo.loaders.factory import build_train_loader
+from dist_geo.loaders.torch_backend import pass_keys
 from dist_geo.shards.reading import iter_samples
 from dist_geo.shards.writer import write_shards
 

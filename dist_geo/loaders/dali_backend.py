@@ -7,7 +7,7 @@ the samples in `num_shards` contiguous parts and this rank keeps part `shard_id`
 (`initial_fill`, the layout already shuffled samples across shards) and pads the last batch
 (`pad_last_batch`) so every rank's pass has whole batches; `reader_name` lets
 DALIGenericIterator end a pass, after which the next pass starts (endless stream). The
-augmentations are those of dist_geo/data/augment.py; the night light is folded into
+augmentations are those of dist_geo/loaders/augment.py; the night light is folded into
 crop_mirror_normalize's per-sample mean and std.
 
 Corrupt data: a DALI pipeline cannot skip a sample, it stops. So each tar is checked against
@@ -32,13 +32,13 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from dist_geo.config import AugmentConfig, Config
-from dist_geo.data.augment import (
+from dist_geo.distributed import DistContext
+from dist_geo.errors import DataError
+from dist_geo.loaders.augment import (
     CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS, flip_probability, hue_degrees,
     jitter_range, night_light_probability,
 )
-from dist_geo.data.loader import FaultCounter, RankShards
-from dist_geo.distributed import DistContext
-from dist_geo.errors import DataError
+from dist_geo.loaders.contract import FaultCounter, RankShards
 from dist_geo.shards.manifest import entry_key_end, index_entries, index_path
 from dist_geo.shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 
@@ -58,7 +58,7 @@ def _uniform(lo: float, hi: float):
 
 
 def _augment(jpegs, aug: AugmentConfig, image_size: int, gpu: bool):
-    """Decode + augmentation steps 1-5 of dist_geo/data/augment.py."""
+    """Decode + augmentation steps 1-5 of dist_geo/loaders/augment.py."""
     images = fn.decoders.image_random_crop(
         jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
         random_area=[aug.crop_scale_min, 1.0], random_aspect_ratio=list(CROP_RATIO),
@@ -129,7 +129,7 @@ def _undecodable(tar: str) -> tuple[set[str], list[Fault]]:
 
 
 class DaliTrainLoader:
-    """The DALI backend of `build_train_loader` (see dist_geo/data/loader.py for the contract)."""
+    """The DALI backend of `build_train_loader` (the contract: contract.py)."""
 
     def __init__(self, share: RankShards, cfg: Config, seed: int, ctx: DistContext,
                  start_batch: int = 0, keys_only: bool = False):

@@ -1,8 +1,10 @@
-"""`build_train_loader`: the batches of one CosPlace group for one rank, from its shards.
+"""The contract both training loaders keep, and the pieces they share.
 
-The contract both backends keep (cfg.data.loader = "dali" | "torch"):
+`build_train_loader` (factory.py) returns the batches of one CosPlace group for one rank, from
+its shards, with either backend (cfg.data.loader = "dali" | "torch": dali_backend.py,
+torch_backend.py). Both keep this contract:
 - iterating yields `(images, labels)`: images float32 [B, 3, S, S], ImageNet-normalised and
-  augmented (dist_geo/data/augment.py), labels int64 [B] = local class index in the group,
+  augmented (augment.py), labels int64 [B] = local class index in the group,
   both on ctx.device (B = cfg.train.batch_size, S = cfg.data.image_size);
 - endless within an epoch: passes over the rank's shards follow each other (the trainer
   takes cfg.train.iterations_per_epoch batches);
@@ -27,10 +29,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from dist_geo.config import Config, ConfigError
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
-from dist_geo.shards.manifest import group_entry, read_manifest, shards_dir
+from dist_geo.shards.manifest import group_entry, read_manifest
 from dist_geo.shards.reading import Fault
 
 log = logging.getLogger(__name__)
@@ -116,22 +117,4 @@ class FaultCounter:
         }
 
 
-def build_train_loader(cfg: Config, group_index: int, ctx: DistContext, epoch: int,
-                       start_batch: int = 0) -> TrainLoader:
-    """The endless batch stream of group `group_index` for this rank in `epoch` (see above)."""
-    share = rank_shards(shards_dir(cfg.data), group_index, ctx)
-    seed = derive_seed(cfg.train.seed, epoch, ctx.rank)
-    if cfg.data.loader == "dali":
-        try:
-            from dist_geo.data.loader_dali import DaliTrainLoader
-        except ImportError as e:
-            raise ConfigError(f"data.loader=dali but DALI cannot be imported ({e}); "
-                              f"use data.loader=torch") from None
-        return DaliTrainLoader(share, cfg, seed, ctx, start_batch)
-    from dist_geo.data.loader_torch import TorchTrainLoader
-
-    return TorchTrainLoader(share, cfg, seed, ctx.device, start_batch)
-
-
-__all__ = ["FaultCounter", "RankShards", "TrainLoader", "build_train_loader", "derive_seed",
-           "rank_shards"]
+__all__ = ["FaultCounter", "RankShards", "TrainLoader", "derive_seed", "rank_shards"]

@@ -3,7 +3,7 @@
 Per rank, one endless stream: passes over the rank's shards, each pass in a new seeded order,
 split across DataLoader workers (as `wds.split_by_worker`), read sample by sample
 (dist_geo/shards/reading.py, so faults carry shard and key), shuffled in a seeded buffer
-(`wds.shuffle`), decoded and augmented (dist_geo/data/augment.py) and batched inside the
+(`wds.shuffle`), decoded and augmented (dist_geo/loaders/augment.py) and batched inside the
 worker. The DataLoader takes batches from its workers in turn, so batch i comes from worker
 i % W and the stream is a function of (seed, rank, worker count) alone: every random choice
 is seeded, the augmentation of sample n of worker w by seed (seed, w, n). That is also what
@@ -28,9 +28,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dist_geo.config import Config
-from dist_geo.data.augment import torch_transform
-from dist_geo.data.loader import FaultCounter, RankShards, derive_seed
 from dist_geo.errors import DataError
+from dist_geo.loaders.augment import torch_transform
+from dist_geo.loaders.contract import FaultCounter, RankShards, derive_seed
 from dist_geo.shards.manifest import decode_label
 from dist_geo.shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 
@@ -143,7 +143,7 @@ class ShardStream(IterableDataset):
 
 
 class TorchTrainLoader:
-    """The torch backend of `build_train_loader` (see dist_geo/data/loader.py for the contract)."""
+    """The torch backend of `build_train_loader` (the contract: contract.py)."""
 
     def __init__(self, share: RankShards, cfg: Config, seed: int, device: torch.device,
                  start_batch: int = 0):
