@@ -19,7 +19,10 @@ from dist_geo.distributed import init_distributed, shutdown
 from dist_geo.errors import DataError
 from dist_geo.eval.evaluate import evaluate
 from dist_geo.eval.loading import load_for_eval
+from dist_geo.eval.plots import plot_recall_curves, plot_retrievals
+from dist_geo.eval.raw_pixels import raw_pixel_baseline
 from dist_geo.eval.report import log_to_mlflow, print_table
+from dist_geo.model.checkpoint import load_config, resolve
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,6 @@ def eval_config(args: argparse.Namespace) -> Config:
     checkpoint = Path(args.checkpoint)
     if args.config or not checkpoint.is_dir():
         return config_from_args(args)
-    from dist_geo.train.checkpoint import resolve
-
     return build_config(resolve(checkpoint) / "config.yaml", args.overrides)
 
 
@@ -59,8 +60,6 @@ def _tracking_config(cfg: Config, checkpoint: Path, run_id: str) -> Config:
     """Log into the store the checkpoint's run lives in, unless a store was given."""
     if not run_id or cfg.tracking.uri:
         return cfg
-    from dist_geo.train.checkpoint import load_config
-
     trained = load_config(checkpoint)
     return replace(cfg, tracking=trained.tracking, train=replace(cfg.train, out=trained.train.out))
 
@@ -78,8 +77,6 @@ def _compared_curves(paths: list[str]) -> dict[str, dict[str, float]]:
 
 
 def _plots(results, cfg: Config, out: Path, compare: list[str]) -> list[Path]:
-    from dist_geo.eval.plots import plot_recall_curves, plot_retrievals
-
     curves = {f"{out.name}/{split}": m for split, m in results.items()} | _compared_curves(compare)
     pictures = [plot_recall_curves(curves, cfg.eval.recall_values, out / "recall_curves.png")]
     for split, detail in results.details.items():
@@ -101,8 +98,6 @@ def main(args: argparse.Namespace) -> int:
         out = Path(args.out)
         table = results.metrics
         if args.baseline:
-            from dist_geo.eval.raw_pixels import raw_pixel_baseline
-
             baseline = raw_pixel_baseline(args.dataset, cfg, args.splits)
             table |= {f"raw-pixels/{split}": m for split, m in baseline.items()}
         print_table(table, cfg.eval.recall_values, title=f"{args.checkpoint} on {args.dataset}")

@@ -1,6 +1,6 @@
 """What `dist-geo eval` and `dist-geo soup` accept as a model.
 
-- a training checkpoint folder (manifest.json inside): read by dist_geo/train/checkpoint.py,
+- a training checkpoint folder (manifest.json inside): read by dist_geo/model/checkpoint.py,
   which rebuilds the network from the checkpoint's own config; its MLflow run id comes along so
   test metrics land on the run that trained the model;
 - a state-dict file (ours, a soup, or one of CosPlace's releases, with or without `module.` or
@@ -17,6 +17,9 @@ from torch import nn
 
 from dist_geo.config import ModelConfig
 from dist_geo.errors import CheckpointError
+from dist_geo.model.checkpoint import load_model, read_manifest
+from dist_geo.model.cosplace_interop import is_whole_model
+from dist_geo.model.network import build_model, read_state_dict
 
 
 @dataclass
@@ -31,16 +34,11 @@ def load_for_eval(path: str | Path, model_cfg: ModelConfig, device: torch.device
     """The model stored at `path`, in eval mode on `device`."""
     path = Path(path)
     if path.is_dir():
-        from dist_geo.train.checkpoint import load_model, read_manifest
-
         manifest = read_manifest(path)
         return LoadedModel(load_model(path, device), path, manifest.get("mlflow_run_id", ""),
                            int(manifest.get("position", {}).get("step", 0)))
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint folder or state-dict file there")
-    from dist_geo.model.cosplace_interop import is_whole_model
-    from dist_geo.model.network import build_model, read_state_dict
-
     if not is_whole_model(read_state_dict(path)):
         raise CheckpointError(
             f"{path}: holds only backbone weights (no aggregation layers): not a model to evaluate"

@@ -1,24 +1,10 @@
-"""The one module that writes and reads training checkpoints.
+"""Writing training checkpoints and restoring a run from one (the layout, and reading the
+network's weights: dist_geo/model/checkpoint.py).
 
-Layout of one checkpoint (`<train.out>/checkpoints/{last,best,epoch_NNN}/`):
-
-    manifest.json                  written last: position, world size, metrics, MLflow run id,
-                                   groups' class counts and the sha256 of every file below
-    config.yaml                    the run's whole config (load_model rebuilds the network from it)
-    model.pt                       the network's state dict in fp32 (rank 0)
-    engine/optimizer.pt            the network optimizer's state (ZeRO 0: one file, rank 0)
-    engine/optimizer_rank{r:03d}.pt     ... or one partition per rank (ZeRO 1/2)
-    engine/scheduler.pt            the lr schedule's state
-    heads/group_{g:02d}/rank_{r:03d}.pt  rank r's rows of group g's head: {"weight", "optimizer"}
-    rng/rank_{r:03d}.pt            torch (and CUDA) RNG states of rank r
-    rng/rank_{r:03d}.json          python and numpy RNG states of rank r
-
-Files hold tensors and plain containers only and load with `torch.load(weights_only=True)`;
-everything else is JSON. A checkpoint is written into `.<name>.tmp` beside its final place by
-all ranks, then rank 0 hashes the files, writes the manifest and renames the folder
-(dist_geo/atomic.py: the old one is moved to `.<name>.old` and deleted after the rename, and
-reading falls back to it if a crash happened between the two renames). Ranks must share the
-filesystem of `train.out`.
+A checkpoint is written into `.<name>.tmp` beside its final place by all ranks, then rank 0
+hashes the files, writes the manifest and renames the folder (dist_geo/atomic.py: the old one
+is moved to `.<name>.old` and deleted after the rename, and reading falls back to it if a crash
+happened between the two renames). Ranks must share the filesystem of `train.out`.
 
 Heads are sharded by class (rank r holds rows `class_range(num_classes, r, world)`); a
 checkpoint written by W ranks is read by any number of ranks: `read_head` gathers the W shards
@@ -39,14 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from dist_geo.atomic import atomic_dir, previous_path, publish_dir, staging_path, write_json
-from dist_geo.checksums import checksum_files, matches
-from dist_geo.config import Config, build_config, save_config
+from dist_geo.atomic import atomic_dir, publish_dir, staging_path, write_json
+from dist_geo.checksums import checksum_files
+from dist_geo.config import Config, save_config
 from dist_geo.distributed import DistContext
 from dist_geo.errors import CheckpointError
-
-FORMAT = 1
-MANIFEST = "manifest.json"
+from dist_geo.model.checkpoint import (
+    FORMAT, MANIFEST, load_file, read_manifest, resolve, verified_file,
+)
+from dist_geo.model.partial_fc import reslice
 
 
 @dataclass
@@ -76,24 +63,6 @@ def head_file(group: int, rank: int) -> str:
 def _save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, path)
-
-
-def _verified(directory: Path, manifest: dict[str, Any], name: str) -> Path:
-    """`directory/name`, after checking it exists and matches its sha256 in the manifest."""
-    path = directory / name
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file missing")
-    if not matches(path, manifest["files"].get(name)):
-        raise CheckpointError(f"{path}: sha256 does not match the checkpoint manifest (corrupt)")
-    return path
-
-
-def _read(directory: Path, manifest: dict[str, Any], name: str) -> Any:
-    path = _verified(directory, manifest, name)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip, pickle and format errors all mean "unusable file"
-        raise CheckpointError(f"{path}: unreadable checkpoint file ({e})") from None
 
 
 def fp32_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -224,36 +193,14 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
         shutil.copytree(src, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
 
 
-def resolve(directory: str | Path) -> Path:
-    """The checkpoint folder to read: `directory`, or its `.old` twin after an interrupted swap."""
-    directory = Path(directory)
-    if (directory / MANIFEST).is_file():
-        return directory
-    old = previous_path(directory)
-    if (old / MANIFEST).is_file():
-        return old
-    raise CheckpointError(f"{directory / MANIFEST}: no checkpoint manifest")
-
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    path = resolve(directory) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: manifest is not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {manifest.get('format')!r}")
-    return manifest
-
-
 def read_head(
     directory: Path, manifest: dict[str, Any], group: int, rank: int, world_size: int
 ) -> dict[str, Any]:
     """Rank `rank`'s part of group `group`'s head in a world of `world_size` (re-sliced)."""
     saved_world = manifest["world_size"]
     if saved_world == world_size:
-        return _read(directory, manifest, head_file(group, rank))
-    parts = [_read(directory, manifest, head_file(group, r)) for r in range(saved_world)]
+        return load_file(directory, manifest, head_file(group, rank))
+    parts = [load_file(directory, manifest, head_file(group, r)) for r in range(saved_world)]
     return reslice_head(parts, world_size)[rank]
 
 
@@ -263,8 +210,6 @@ def reslice_head(parts: list[dict[str, Any]], new_world: int) -> list[dict[str, 
     Optimizer tensors shaped like the weight (Adam moments, SGD momentum) are re-sliced with
     it; the others (the step count) are the same on every rank and are copied.
     """
-    from dist_geo.model.partial_fc import reslice
-
     weights = reslice([p["weight"] for p in parts], new_world)
     states = [p["optimizer"]["state"] for p in parts]
     new_states: list[dict[Any, Any]] = [{} for _ in range(new_world)]
@@ -304,7 +249,7 @@ def reslice_checkpoint(src: str | Path, dst: str | Path, new_world: int) -> Path
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / name, tmp / name)
         for g in range(len(manifest["groups"])):
-            parts = [_read(src, manifest, head_file(g, r)) for r in range(manifest["world_size"])]
+            parts = [load_file(src, manifest, head_file(g, r)) for r in range(manifest["world_size"])]
             for r, part in enumerate(reslice_head(parts, new_world)):
                 _save(part, tmp / head_file(g, r))
         for r in range(new_world):
@@ -333,7 +278,7 @@ def load_checkpoint(
         raise CheckpointError(
             f"{directory / MANIFEST}: its groups and classes differ from the shards'"
         )
-    model_state = _read(directory, manifest, "model.pt")
+    model_state = load_file(directory, manifest, "model.pt")
     engine.module.load_state_dict(
         {k: v.to(engine.module.state_dict()[k].dtype) for k, v in model_state.items()}
     )
@@ -344,20 +289,20 @@ def load_checkpoint(
                 f"loaded by {ctx.world_size} ranks"
             )
         load_engine_optimizer_state(engine, [
-            _read(directory, manifest, f"engine/optimizer_rank{r:03d}.pt")
+            load_file(directory, manifest, f"engine/optimizer_rank{r:03d}.pt")
             for r in range(saved_world)
         ])
     else:
-        load_engine_optimizer_state(engine, [_read(directory, manifest, "engine/optimizer.pt")])
-    engine.lr_scheduler.load_state_dict(_read(directory, manifest, "engine/scheduler.pt"))
+        load_engine_optimizer_state(engine, [load_file(directory, manifest, "engine/optimizer.pt")])
+    engine.lr_scheduler.load_state_dict(load_file(directory, manifest, "engine/scheduler.pt"))
     for g, (head, optimizer) in enumerate(zip(heads, head_optimizers)):
         part = read_head(directory, manifest, g, ctx.rank, ctx.world_size)
         with torch.no_grad():
             head.weight.copy_(part["weight"])
         optimizer.load_state_dict(part["optimizer"])
     rng_rank = ctx.rank if ctx.rank < saved_world else 0
-    tensors = _read(directory, manifest, f"rng/rank_{rng_rank:03d}.pt")
-    plain = json.loads(_verified(directory, manifest, f"rng/rank_{rng_rank:03d}.json").read_text())
+    tensors = load_file(directory, manifest, f"rng/rank_{rng_rank:03d}.pt")
+    plain = json.loads(verified_file(directory, manifest, f"rng/rank_{rng_rank:03d}.json").read_text())
     set_rng_state(tensors, plain)
     return RunState(
         position=Position(**manifest["position"]),
@@ -366,24 +311,3 @@ def load_checkpoint(
         best_epoch=manifest["best_epoch"],
         metrics=manifest["metrics"],
     )
-
-
-def load_config(directory: str | Path) -> Config:
-    return build_config(resolve(directory) / "config.yaml")
-
-
-def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The trained GeoLocalizationNet of a checkpoint folder, in eval mode on `device`.
-
-    The network is rebuilt from the checkpoint's own config (its `model.weights` file is not
-    needed: every weight comes from `model.pt`).
-    """
-    from dist_geo.model.network import build_model
-
-    directory = resolve(checkpoint_path)
-    manifest = read_manifest(directory)
-    cfg = load_config(directory)
-    cfg.model.weights = ""
-    model = build_model(cfg.model)
-    model.load_state_dict(_read(directory, manifest, "model.pt"))
-    return model.to(device).eval()

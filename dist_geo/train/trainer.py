@@ -2,6 +2,7 @@
 
 One run, top to bottom:
   shards manifest (groups, classes per group)        dist_geo/shards/manifest.py
+  one group's batches for this rank                   dist_geo/loaders/
   network in a DeepSpeed engine, one head per group   engine.py, dist_geo/model/
   for epoch k: group g = k mod groups_num              (CosPlace's schedule)
       head g (and its optimizer state) -> device, the others stay on the CPU
@@ -32,6 +33,13 @@ from tqdm import tqdm
 from dist_geo.config import Config
 from dist_geo.distributed import DistContext
 from dist_geo.errors import CheckpointError
+from dist_geo.eval.evaluate import evaluate
+from dist_geo.eval.report import mlflow_metrics
+from dist_geo.loaders.factory import build_train_loader
+from dist_geo.model.checkpoint import load_model, resolve
+from dist_geo.model.network import build_model
+from dist_geo.model.partial_fc import build_head
+from dist_geo.shards.manifest import read_manifest, shards_dir
 from dist_geo.tracking import Tracker, peak_memory_mb
 from dist_geo.train import checkpoint as ckpt
 from dist_geo.train.engine import build_engine, step_head
@@ -68,9 +76,6 @@ def run_evaluation(
     model: torch.nn.Module, cfg: Config, ctx: DistContext, splits: list[str]
 ) -> dict[str, float]:
     """{"val_recall_at_1": %, ...} of `model` on `splits` (all ranks call it and get it)."""
-    from dist_geo.eval.evaluate import evaluate
-    from dist_geo.eval.report import mlflow_metrics
-
     return mlflow_metrics(evaluate(model, cfg.data.dataset, cfg, ctx, splits=splits))
 
 
@@ -86,10 +91,6 @@ class Trainer:
     """The live objects of a run and the epoch loop over them (use `train`)."""
 
     def __init__(self, cfg: Config, ctx: DistContext):
-        from dist_geo.model.network import build_model
-        from dist_geo.model.partial_fc import build_head
-        from dist_geo.shards.manifest import read_manifest, shards_dir
-
         self.cfg, self.ctx = cfg, ctx
         self.out = Path(cfg.train.out)
         self.checkpoints = self.out / "checkpoints"
@@ -117,7 +118,7 @@ class Trainer:
         if cfg.train.resume:
             last = self.checkpoints / "last"
             try:
-                ckpt.resolve(last)
+                resolve(last)
             except CheckpointError:
                 raise CheckpointError(
                     f"{last}: train.resume=true but there is no checkpoint to resume from"
@@ -144,8 +145,6 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """The iterations of one epoch on group `epoch mod groups_num`, from the saved batch on."""
-        from dist_geo.loaders.factory import build_train_loader
-
         cfg, ctx, engine = self.cfg, self.ctx, self.engine
         g = epoch % self.num_groups
         head, head_optimizer = self.heads[g], self.head_optimizers[g]
@@ -228,7 +227,7 @@ class Trainer:
 
     def final_test(self) -> dict[str, float]:
         """The best checkpoint's network on eval.splits (test, test-night)."""
-        model = ckpt.load_model(self.checkpoints / "best", self.ctx.device)
+        model = load_model(self.checkpoints / "best", self.ctx.device)
         return run_evaluation(model, self.cfg, self.ctx, list(self.cfg.eval.splits))
 
     def run(self, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:

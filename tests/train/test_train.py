@@ -10,9 +10,10 @@ import torch
 from dist_geo.config import build_config
 from dist_geo.distributed import single_process
 from dist_geo.errors import CheckpointError
+from dist_geo.model.checkpoint import load_model, read_manifest
 from dist_geo.tracking import tracking_uri
-from dist_geo.train import launch_local, load_model, reslice_checkpoint, train
-from dist_geo.train.checkpoint import head_file, read_manifest
+from dist_geo.train import launch_local, reslice_checkpoint, train
+from dist_geo.train.checkpoint import head_file
 
 
 def _tensors(obj) -> list[torch.Tensor]:
