@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dist_geo.train.cli", "train a model from shards (1 CPU to many GPUs)"),
     "eval": ("dist_geo.eval.cli", "recall@N of a checkpoint on a dataset, with test-time methods"),
     "soup": ("dist_geo.eval.soup_cli", "uniform or greedy model soup of several checkpoints"),
-    "tune": ("tuning.cli", "Ray Tune sweep over any config key, tracked in MLflow"),
+    "tune": ("dist_geo.tuning.cli", "Ray Tune sweep over any config key, tracked in MLflow"),
     "demo": ("dist_geo.demo", "the whole job on the built-in synthetic world"),
     "bench": ("dist_geo.bench_cli", "run a benchmark from bench/ and print its JSON"),
 }

@@ -18,11 +18,11 @@ def test_tracker_logs_config_metrics_and_resumes(tmp_path):
     again = Tracker(cfg, ctx, run_id=tracker.run_id)  # a resumed run logs into the same run
     again.log_metrics({"loss": 1.0}, step=2)
     again.finish()
-    run = again.client.get_run(tracker.run_id)
+    run = again.run.client.get_run(tracker.run_id)
     assert run.info.run_name == "unit" and run.data.params["optim.lr"] == "1e-05"
-    assert [m.value for m in again.client.get_metric_history(run.info.run_id, "loss")] == [2.0, 1.0]
+    assert [m.value for m in again.run.client.get_metric_history(run.info.run_id, "loss")] == [2.0, 1.0]
     assert "skipped" not in run.data.metrics
-    artifacts = {f.path for f in again.client.list_artifacts(run.info.run_id)}
+    artifacts = {f.path for f in again.run.client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "plots"} <= artifacts
     assert (tmp_path / "mlartifacts").is_dir() and peak_memory_mb(ctx.device) > 0
 

@@ -2,6 +2,8 @@
 the sweep file and the key."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,8 @@ import yaml
 
 from dist_geo.cli import main as dist_geo_main
 from dist_geo.config import ConfigError
-from tuning.cli import sweep_path
-from tuning.sweep import load_sweep
+from dist_geo.tuning.cli import sweep_path
+from dist_geo.tuning.sweep import load_sweep
 
 
 def write(tmp_path: Path, sweep: dict) -> Path:
@@ -83,3 +85,12 @@ def test_cli_prints_the_error_without_traceback(tmp_path, capsys):
     assert dist_geo_main(["tune", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"dist-geo tune: error: {path}: unknown config key 'loss.foo'"
+
+
+def test_tune_without_ray_says_which_extra_to_install(tmp_path):
+    run_without_ray = ("import sys; sys.modules['ray'] = None; from dist_geo.cli import main; "
+                       "sys.exit(main(['tune', 'loss_study']))")
+    proc = subprocess.run([sys.executable, "-c", run_without_ray], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith('pip install -e ".[tune]"')

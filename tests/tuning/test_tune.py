@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 
 from dist_geo.cli import main as dist_geo_main  # noqa: E402
-from tuning.runner import run_sweep  # noqa: E402
-from tuning.sweep import load_sweep  # noqa: E402
+from dist_geo.tuning.runner import run_sweep  # noqa: E402
+from dist_geo.tuning.sweep import load_sweep  # noqa: E402
 
 EPOCHS = 3
 

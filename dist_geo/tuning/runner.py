@@ -6,7 +6,7 @@
 
 A sweep interrupted (Ctrl-C, a lost driver) resumes with `resume=True`: `Tuner.restore`
 keeps the finished trials as they are and restarts the unfinished ones from their last
-reported checkpoint (see tuning.trainable).
+reported checkpoint (see trainable.py).
 """
 from __future__ import annotations
 
@@ -25,9 +25,11 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from dist_geo.atomic import atomic_path
 from dist_geo.config import ConfigError
 from dist_geo.errors import DataError
-from tuning import report
-from tuning.sweep import Sweep, config_from_flat
-from tuning.trainable import TrialSpec, run_trial
+from dist_geo.shards.manifest import MANIFEST, shards_dir
+from dist_geo.shards.writer import write_shards
+from dist_geo.tuning import report
+from dist_geo.tuning.sweep import Sweep, config_from_flat
+from dist_geo.tuning.trainable import TrialSpec, run_trial
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "ray"
@@ -119,8 +121,6 @@ def absolute_paths(flat: dict) -> dict:
 
 def ensure_shards(sweep: Sweep) -> Path:
     """Write the base config's shards once, before any trial, unless they are complete."""
-    from dist_geo.shards.manifest import MANIFEST, shards_dir
-
     data_cfg = config_from_flat(sweep.base).data
     if not Path(data_cfg.dataset).is_dir():
         raise DataError(
@@ -129,8 +129,6 @@ def ensure_shards(sweep: Sweep) -> Path:
         )
     folder = shards_dir(data_cfg)
     if not (folder / MANIFEST).exists():
-        from dist_geo.shards.writer import write_shards
-
         log.info("writing the shards of %s into %s", data_cfg.dataset, folder)
         write_shards(data_cfg.dataset, folder, data_cfg)
     return folder
@@ -207,7 +205,7 @@ def _max_epochs(sweep: Sweep) -> int:
 def build_search(sweep: Sweep):
     seed = sweep.search.get("seed")
     if sweep.search["name"] == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
+        from ray.tune.search.optuna import OptunaSearch  # optuna: only sweeps that search with it
 
         searcher = OptunaSearch(seed=seed)  # its default sampler is TPE
         limit = sweep.max_concurrent_trials

@@ -13,18 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import pandas as pd
-from mlflow.entities import Metric, Param, RunStatus
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from ray.tune import Result, ResultGrid
 from rich.console import Console
 from rich.table import Table
 
 from dist_geo.atomic import atomic_path
 from dist_geo.config import save_config
-from tuning.sweep import Sweep
-from tuning.trainable import find_child_run
+from dist_geo.tracking import MlflowRun, open_experiment
+from dist_geo.tuning.sweep import Sweep
+from dist_geo.tuning.trainable import STOPPED_EARLY_TAG, find_child_run
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 SWEEP_TAG = "tune.sweep_out"
 
@@ -39,24 +41,16 @@ class ParentRun:
 def open_parent_run(sweep: Sweep, out: Path) -> ParentRun:
     """The sweep's parent run: created once, found again by its output folder on resume."""
     uri = sweep.base["tracking.uri"] or f"sqlite:///{out / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    name = sweep.base["tracking.experiment"]
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = (
-        experiment.experiment_id if experiment
-        else client.create_experiment(name, artifact_location=(out / "mlartifacts").as_uri())
-    )
-    found = client.search_runs([experiment_id], f"tags.`{SWEEP_TAG}` = '{out}'")
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    experiment_id = open_experiment(uri, sweep.base["tracking.experiment"], out / "mlartifacts")
+    run = MlflowRun.find(uri, experiment_id, {SWEEP_TAG: str(out)})
+    if run:
+        run.resume()
     else:
-        run_id = client.create_run(
-            experiment_id, tags={MLFLOW_RUN_NAME: f"sweep-{sweep.name}", SWEEP_TAG: str(out)}
-        ).info.run_id
-        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in _sweep_params(sweep).items()])
-        client.log_artifact(run_id, str(sweep.path))
-    return ParentRun(uri, experiment_id, run_id)
+        run = MlflowRun.start(uri, experiment_id, run_name=f"sweep-{sweep.name}",
+                              tags={SWEEP_TAG: str(out)})
+        run.log_params(_sweep_params(sweep))
+        run.log_artifacts(sweep.path)
+    return ParentRun(uri, experiment_id, run.run_id)
 
 
 def _sweep_params(sweep: Sweep) -> dict[str, Any]:
@@ -134,11 +128,6 @@ def write_best_config(sweep: Sweep, results: ResultGrid, table: pd.DataFrame, ou
 
 def plot(sweep: Sweep, results: ResultGrid, table: pd.DataFrame, out: Path) -> list[Path]:
     """Metric vs each swept key (one PNG per key) and all trials' learning curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -183,19 +172,18 @@ def _save(fig: Any, path: Path) -> Path:
 
 def close_child_runs(sweep: Sweep, results: ResultGrid, parent: ParentRun) -> None:
     """Best checkpoint, `tune.stopped_early` and final status on every trial's child run."""
-    client = MlflowClient(parent.tracking_uri)
     for result in results:
-        run = find_child_run(client, parent.experiment_id, parent.run_id, trial_id(result))
-        if not run or "tune.stopped_early" in run.data.tags:
+        run = find_child_run(parent.tracking_uri, parent.experiment_id, parent.run_id,
+                             trial_id(result))
+        if not run or STOPPED_EARLY_TAG in run.tags:
             continue  # never started, or closed by an earlier run of a resumed sweep
         best = result.get_best_checkpoint(sweep.metric, sweep.mode) if result.error is None else None
         if best is not None:
-            client.log_artifacts(run.info.run_id, best.path, "best_checkpoint")
+            run.log_artifacts(best.path, "best_checkpoint")
         epochs = sweep.trial_config({k: result.config[k] for k in sweep.space}).train.epochs_num
         stopped = result.metrics.get("training_iteration", 0) < epochs
-        client.set_tag(run.info.run_id, "tune.stopped_early", str(stopped).lower())
-        status = RunStatus.FAILED if result.error is not None else RunStatus.FINISHED
-        client.set_terminated(run.info.run_id, RunStatus.to_string(status))
+        run.set_tag(STOPPED_EARLY_TAG, str(stopped).lower())
+        run.finish("FAILED" if result.error is not None else "FINISHED")
 
 
 def finish(
@@ -208,9 +196,9 @@ def finish(
     """
     close_child_runs(sweep, results, parent)
     table = ranked_table(sweep, results)
-    client = MlflowClient(parent.tracking_uri)
+    run = MlflowRun(parent.tracking_uri, parent.run_id)
     if table.empty:
-        client.set_terminated(parent.run_id, RunStatus.to_string(RunStatus.FAILED))
+        run.finish("FAILED")
         return table
     print_table(sweep, table)
     csv = out / "results.csv"
@@ -218,13 +206,10 @@ def finish(
         table.to_csv(tmp, index=False)
     artifacts = [csv, write_best_config(sweep, results, table, out)]
     for path in artifacts:
-        client.log_artifact(parent.run_id, str(path))
+        run.log_artifacts(path)
     for path in plot(sweep, results, table, out):
-        client.log_artifact(parent.run_id, str(path), "plots")
-    best = float(table.iloc[0][sweep.metric])
-    if math.isfinite(best):
-        client.log_batch(parent.run_id, metrics=[Metric(f"best_{sweep.metric}", best, 0, 0)])
-    client.set_tag(parent.run_id, "tune.best_trial", str(table.iloc[0]["trial_id"]))
-    status = RunStatus.FINISHED if complete else RunStatus.KILLED
-    client.set_terminated(parent.run_id, RunStatus.to_string(status))
+        run.log_artifacts(path, "plots")
+    run.log_metrics({f"best_{sweep.metric}": float(table.iloc[0][sweep.metric])}, step=0)
+    run.set_tag("tune.best_trial", str(table.iloc[0]["trial_id"]))
+    run.finish("FINISHED" if complete else "KILLED")
     return table

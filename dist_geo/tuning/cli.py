@@ -1,8 +1,12 @@
 """`dist-geo tune SWEEP [key=value ...]`: run a Ray Tune sweep, tracked in MLflow.
 
-SWEEP is a sweep YAML file (schema in tuning/sweep.py) or the name of a bundled one
+SWEEP is a sweep YAML file (how to write one: tuning/README.md) or the name of a bundled one
 (tuning/sweeps/: loss_study, margin_search, optim_ablation). The overrides change the sweep's
 base training config, e.g. `data.dataset=/data/sf_xl train.epochs_num=20`.
+
+The bundled sweeps are the top-level `tuning/sweeps/` of the repository, where users edit
+them; `dist_geo/tuning/sweeps` links to that folder, so an editable install reads them in
+place and a wheel carries a copy as package data (setup.cfg).
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import argparse
 from pathlib import Path
 
 from dist_geo.config import ConfigError
+from dist_geo.errors import DistGeoError
+from dist_geo.tuning.sweep import load_sweep
 
 BUNDLED = Path(__file__).parent / "sweeps"
 
@@ -42,9 +48,13 @@ def sweep_path(name: str) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tuning.runner import run_sweep
-    from tuning.sweep import load_sweep
-
+    try:  # imported here: Ray Tune is the optional [tune] extra, which the rest does without
+        from dist_geo.tuning.runner import run_sweep
+    except ModuleNotFoundError as e:
+        if (e.name or "").startswith("dist_geo"):
+            raise
+        raise DistGeoError(f"sweeps need Ray Tune and Optuna ({e.name} is not installed): "
+                           f'pip install -e ".[tune]"') from None
     sweep = load_sweep(sweep_path(args.sweep), args.overrides)
     if args.out:
         sweep.out = Path(args.out)

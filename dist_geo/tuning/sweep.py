@@ -1,39 +1,13 @@
-"""A sweep file: the base training config, the search space and how to search it.
+"""A sweep file (how to write one: tuning/README.md) -> Sweep: the base training config, the
+search space and how to search it.
 
-    name: loss_study                 # default: the file's stem
-    config: demo                     # base config: a YAML path (relative to this file or the
-                                     # working directory) or a bundled name; optional
-    base:                            # inline changes of the base config, nested or dotted keys
-      data.dataset: runs/demo/world
-      train: {epochs_num: 3, iterations_per_epoch: 50}
-    space:                           # config key -> domain
-      optim.lr: {loguniform: [1.0e-6, 1.0e-4]}
-      optim.name: {choice: [adam, adamw]}
-      sched.T_max: {randint: [5, 20]}      # inclusive bounds
-      data.augment.hflip: {grid: [false, true]}
-      loss:                          # a label (not a config key) -> mappings: coupled keys
-        grid:
-          - {loss.name: cosface, loss.s: 30, loss.m: 0.4}
-          - {loss.name: arcface, loss.s: 64, loss.m: 0.5}
-    metric: val_recall_at_1          # any metric the training reports at an epoch's end
-    mode: max
-    num_samples: 1                   # samples per grid point (random/optuna: trials)
-    scheduler: {name: asha, grace_period: 1, reduction_factor: 2}   # fifo | asha | pbt
-    search: {name: random}           # random (covers grid) | optuna (TPE), seed: optional
-    resources: {cpu: 1, gpu: 0}      # per trial
-    max_concurrent_trials: 2         # 0 = as many as resources allow
-    workers_per_trial: 1             # data-parallel ranks per trial (>1: torchrun subprocess;
-                                     # give the trial as many resources.cpu/gpu as ranks)
-    out: runs/tune/loss_study        # default: runs/tune/<name>
-
-Domains are `{choice: [...]}`, `{grid: [...]}`, `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}`,
-`{randint: [lo, hi]}` or a plain value (fixed). A domain whose values are mappings sweeps
-coupled keys together; Ray sees it as a choice of readable labels ("loss.name=arcface
-loss.s=64 loss.m=0.5") that `trial_overrides` expands back, so every search algorithm
-(Optuna included, which only takes scalars) and every results table can handle it.
-
-Everything is checked when the file is read: unknown keys in the sweep or in the config tree,
-values outside a field's choices or range, domains Optuna or PBT cannot take.
+A domain whose values are mappings sweeps coupled keys together; Ray sees it as a choice of
+readable labels ("loss.name=arcface loss.s=64 loss.m=0.5") that `trial_overrides` expands
+back, so every search algorithm (Optuna included, which only takes scalars) and every results
+table can handle it. Everything is checked when the file is read: unknown keys in the sweep or
+in the config tree, values outside a field's choices or range, domains Optuna or PBT cannot
+take; Ray itself is only imported to turn the domains into its search space (`to_ray`), so
+reading and checking a sweep works without the [tune] extra.
 """
 from __future__ import annotations
 
@@ -68,7 +42,7 @@ class Domain:
     coupled: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> dotted keys
 
     def to_ray(self) -> Any:
-        from ray import tune
+        from ray import tune  # the optional [tune] extra: only running a sweep needs it
 
         if self.kind == "grid":
             return tune.grid_search(list(self.values))

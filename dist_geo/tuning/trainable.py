@@ -13,7 +13,7 @@ Each trial is also a nested MLflow child run of the sweep's parent run: its swep
 full config and per-epoch metrics, logged as they come. The training's own MLflow tracking is
 switched off inside trials so that the sweep's store holds exactly one run per trial, found
 again by its `tune.trial_id` tag when the trial resumes. The driver closes the child runs when
-the sweep ends (tuning.report.close_child_runs): a trial that Tune stops (ASHA, PBT, the last
+the sweep ends (report.close_child_runs): a trial that Tune stops (ASHA, PBT, the last
 epoch) exits at its report and cannot be relied upon to run anything after it.
 """
 from __future__ import annotations
@@ -25,21 +25,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
 from dist_geo.config import Config, save_config
 from dist_geo.distributed import single_process
-from tuning.sweep import Sweep
-
-if TYPE_CHECKING:
-    from dist_geo.train.trainer import EpochHook
+from dist_geo.tracking import MlflowRun
+from dist_geo.train.launch import finished_result, start_local
+from dist_geo.train.trainer import EpochHook, train
+from dist_geo.tuning.sweep import Sweep
 
 TRIAL_TAG = "tune.trial_id"
+STOPPED_EARLY_TAG = "tune.stopped_early"
 
 
 @dataclass(frozen=True)
@@ -59,15 +57,13 @@ def trial_dir(out: Path, trial_id: str) -> Path:
 
 def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune function trainable (bound to `spec` with `tune.with_parameters`)."""
-    from dist_geo.train import train  # imported in the worker: the trainer pulls in DeepSpeed
-
     context = tune.get_context()
     out = trial_dir(spec.out, context.get_trial_id())
     resume = _restore_checkpoint(out)
     cfg = spec.sweep.trial_config(
         params, {"train.out": str(out), "train.resume": resume, "tracking.enabled": False}
     )
-    child = ChildRun.open(spec, context.get_trial_id(), context.get_trial_name(), params, cfg)
+    child = open_child_run(spec, context.get_trial_id(), context.get_trial_name(), params, cfg)
 
     def on_epoch_end(epoch: int, metrics: dict, checkpoint_dir: Path) -> None:
         scalars = {**_scalars(metrics), "epoch": epoch}
@@ -84,8 +80,6 @@ def train_data_parallel(cfg: Config, workers: int, on_epoch_end: EpochHook) -> N
     """`workers` ranks under torchrun; their epochs are handed to `on_epoch_end` as rank 0
     writes them. Each epoch keeps its own checkpoint folder (`epoch_NNN`): `last` moves on while
     Tune copies the reported one."""
-    from dist_geo.train.launch import finished_result, start_local
-
     cfg.train.keep_epoch_checkpoints = True
     epochs = Path(cfg.train.out) / "epochs.jsonl"
     epochs.unlink(missing_ok=True)
@@ -132,44 +126,26 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def find_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str):
-    found = client.search_runs(
-        [experiment_id],
-        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
-    )
-    return found[0] if found else None
+def find_child_run(tracking_uri: str, experiment_id: str, parent_run_id: str,
+                   trial_id: str) -> MlflowRun | None:
+    return MlflowRun.find(tracking_uri, experiment_id, {TRIAL_TAG: trial_id}, parent_run_id)
 
 
-@dataclass
-class ChildRun:
-    """The trial's nested MLflow run, driven through the client (no global active run)."""
-
-    client: MlflowClient
-    run_id: str
-
-    @classmethod
-    def open(
-        cls, spec: TrialSpec, trial_id: str, trial_name: str, params: dict[str, Any], cfg: Config
-    ) -> ChildRun:
-        client = MlflowClient(spec.tracking_uri)
-        found = find_child_run(client, spec.experiment_id, spec.parent_run_id, trial_id)
-        if found:
-            run_id = found.info.run_id
-            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            if "tune.stopped_early" in found.data.tags:  # closed once, now resumed
-                client.delete_tag(run_id, "tune.stopped_early")
-        else:
-            run_id = client.create_run(spec.experiment_id, tags={
-                MLFLOW_PARENT_RUN_ID: spec.parent_run_id, MLFLOW_RUN_NAME: trial_name,
-                TRIAL_TAG: trial_id, "tune.sweep": spec.sweep.name,
-            }).info.run_id
-            swept = spec.sweep.trial_overrides(params)
-            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in swept.items()])
-            with tempfile.TemporaryDirectory() as tmp:
-                save_config(cfg, Path(tmp) / "config.yaml")
-                client.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
-        return cls(client, run_id)
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, [Metric(k, v, now, step) for k, v in metrics.items()])
+def open_child_run(spec: TrialSpec, trial_id: str, trial_name: str, params: dict[str, Any],
+                   cfg: Config) -> MlflowRun:
+    """The trial's nested run: found again when the trial resumes, else created with the
+    swept params and the trial's whole config."""
+    run = find_child_run(spec.tracking_uri, spec.experiment_id, spec.parent_run_id, trial_id)
+    if run:
+        run.resume()
+        if STOPPED_EARLY_TAG in run.tags:  # closed once, now resumed
+            run.delete_tag(STOPPED_EARLY_TAG)
+        return run
+    run = MlflowRun.start(spec.tracking_uri, spec.experiment_id, run_name=trial_name,
+                          tags={TRIAL_TAG: trial_id, "tune.sweep": spec.sweep.name},
+                          parent_run_id=spec.parent_run_id)
+    run.log_params(spec.sweep.trial_overrides(params))
+    with tempfile.TemporaryDirectory() as tmp:
+        save_config(cfg, Path(tmp) / "config.yaml")
+        run.log_artifacts(Path(tmp) / "config.yaml")
+    return run
