@@ -18,7 +18,8 @@ from dist_geo import subcommand
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("dist_geo.data.synth.cli", "write the synthetic geo-tagged world (VG file names)"),
-    "shard": ("dist_geo.shards.cli", "pack a dataset split into WebDataset shards per CosPlace group"),
+    "shard": ("dist_geo.shards.cli",
+              "pack a dataset split into WebDataset shards per CosPlace group"),
     "train": ("dist_geo.train.cli", "train a model from shards (1 CPU to many GPUs)"),
     "eval": ("dist_geo.eval.cli", "recall@N of a checkpoint on a dataset, with test-time methods"),
     "soup": ("dist_geo.eval.soup_cli", "uniform or greedy model soup of several checkpoints"),

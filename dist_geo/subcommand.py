@@ -17,7 +17,8 @@ from types import ModuleType
 from dist_geo.errors import DistGeoError
 
 
-def parse(module: ModuleType, command: str, summary: str, argv: Sequence[str]) -> argparse.Namespace:
+def parse(module: ModuleType, command: str, summary: str,
+          argv: Sequence[str]) -> argparse.Namespace:
     """Let `module` declare its arguments, then parse `argv` with them.
 
     Options may come before or after positionals (`shard DIR OUT --config demo M=20`), which

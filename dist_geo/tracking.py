@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,16 @@ def peak_memory_mb(device: torch.device) -> float:
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the run under its parent
 
 
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient  # lazy: see the module docstring
+
+    return MlflowClient(tracking_uri=uri)
+
+
 def open_experiment(uri: str, name: str, artifact_location: Path | None = None) -> str:
     """The id of experiment `name` in the store at `uri`; created if new, its artifacts in
     `artifact_location` (default: the store's choice)."""
-    from mlflow.tracking import MlflowClient  # lazy, see the module docstring
-
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -67,9 +72,7 @@ class MlflowRun:
     """One MLflow run, driven through an explicit client (never mlflow's global active run)."""
 
     def __init__(self, uri: str, run_id: str, tags: dict[str, str] | None = None):
-        from mlflow.tracking import MlflowClient  # lazy, see the module docstring
-
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = _client(uri)
         self.run_id = run_id
         self.tags = dict(tags or {})
 
@@ -101,7 +104,7 @@ class MlflowRun:
         self.client.update_run(self.run_id, status="RUNNING")
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param  # lazy, see the module docstring
+        from mlflow.entities import Param  # lazy: see the module docstring
 
         batch = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(batch), 100):  # the REST API takes at most 100 params a call
@@ -109,10 +112,9 @@ class MlflowRun:
 
     def log_metrics(self, metrics: dict[str, float | None], step: int) -> None:
         """The finite values of `metrics` at `step` (None and NaN are left out)."""
-        from mlflow.entities import Metric  # lazy, see the module docstring
-        from mlflow.utils.time import get_current_time_millis
+        from mlflow.entities import Metric  # lazy: see the module docstring
 
-        now = get_current_time_millis()
+        now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]
         if batch:

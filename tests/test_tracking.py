@@ -20,7 +20,8 @@ def test_tracker_logs_config_metrics_and_resumes(tmp_path):
     again.finish()
     run = again.run.client.get_run(tracker.run_id)
     assert run.info.run_name == "unit" and run.data.params["optim.lr"] == "1e-05"
-    assert [m.value for m in again.run.client.get_metric_history(run.info.run_id, "loss")] == [2.0, 1.0]
+    history = again.run.client.get_metric_history(run.info.run_id, "loss")
+    assert [m.value for m in history] == [2.0, 1.0]
     assert "skipped" not in run.data.metrics
     artifacts = {f.path for f in again.run.client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "plots"} <= artifacts

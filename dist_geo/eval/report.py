@@ -10,6 +10,7 @@ from rich.table import Table
 
 from dist_geo.config import Config
 from dist_geo.distributed import DistContext
+from dist_geo.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ def log_to_mlflow(
 
     Returns the run id used ("" when tracking is off or this is not rank 0).
     """
-    from dist_geo.tracking import Tracker
-
     if not (cfg.tracking.enabled and ctx.is_main):
         return ""
     try:

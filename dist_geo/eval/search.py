@@ -17,6 +17,7 @@ import math
 
 import faiss
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,6 @@ def gpu_count() -> int:
 
 def _fits_on_gpus(nbytes: int) -> bool:
     """Whether the sharded database leaves the GPUs a working margin (search buffers, top-k)."""
-    import torch
-
     free = sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
     return nbytes < GPU_MEMORY_FRACTION * free
 

@@ -249,7 +249,8 @@ def reslice_checkpoint(src: str | Path, dst: str | Path, new_world: int) -> Path
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / name, tmp / name)
         for g in range(len(manifest["groups"])):
-            parts = [load_file(src, manifest, head_file(g, r)) for r in range(manifest["world_size"])]
+            parts = [load_file(src, manifest, head_file(g, r))
+                     for r in range(manifest["world_size"])]
             for r, part in enumerate(reslice_head(parts, new_world)):
                 _save(part, tmp / head_file(g, r))
         for r in range(new_world):
@@ -302,7 +303,8 @@ def load_checkpoint(
         optimizer.load_state_dict(part["optimizer"])
     rng_rank = ctx.rank if ctx.rank < saved_world else 0
     tensors = load_file(directory, manifest, f"rng/rank_{rng_rank:03d}.pt")
-    plain = json.loads(verified_file(directory, manifest, f"rng/rank_{rng_rank:03d}.json").read_text())
+    plain_file = verified_file(directory, manifest, f"rng/rank_{rng_rank:03d}.json")
+    plain = json.loads(plain_file.read_text())
     set_rng_state(tensors, plain)
     return RunState(
         position=Position(**manifest["position"]),

@@ -71,7 +71,7 @@ def prepare_deepspeed(ctx: DistContext) -> None:
         dist.init_process_group(
             ctx.backend, store=dist.HashStore(), rank=0, world_size=1
         )
-    import deepspeed.ops
+    import deepspeed.ops  # lazy: after init_distributed has set DS_ACCELERATOR (docstring)
     from deepspeed.utils import logger
 
     logger.setLevel(logging.WARNING)  # its INFO lines repeat on every rank
@@ -80,7 +80,7 @@ def prepare_deepspeed(ctx: DistContext) -> None:
 
 
 def check_precision(precision: str, ctx: DistContext) -> None:
-    from deepspeed.accelerator import get_accelerator
+    from deepspeed.accelerator import get_accelerator  # lazy: as in prepare_deepspeed
 
     accelerator = get_accelerator()
     if precision == "fp16" and not accelerator.is_fp16_supported():
@@ -100,7 +100,7 @@ def build_engine(
 ) -> Any:
     """Wrap the network in a DeepSpeedEngine that owns its optimizer and per-step scheduler."""
     prepare_deepspeed(ctx)
-    import deepspeed
+    import deepspeed  # lazy: as in prepare_deepspeed
 
     check_precision(cfg.train.precision, ctx)
     engine, _, _, _ = deepspeed.initialize(

@@ -1,6 +1,7 @@
 """CosPlace classes and groups on hand-made coordinates."""
 import pytest
 
+from dist_geo.data import groups as groups_mod
 from dist_geo.data.groups import build_groups, class_id, group_id
 from dist_geo.data.vg_format import ImageRecord
 
@@ -61,8 +62,6 @@ def test_classes_in_one_group_are_far_apart():
 
 
 def test_cache_reused_and_keyed_by_images(tmp_path, monkeypatch):
-    import dist_geo.data.groups as groups_mod
-
     first = build_groups(_records(), 10, 30, 5, 2, 2, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.npz"))) == 1
     monkeypatch.setattr(groups_mod, "_compute", lambda *a: pytest.fail("cache not used"))

@@ -5,7 +5,8 @@ import torch
 
 from dist_geo.cli import main as cli_main
 from dist_geo.config import build_config
-from dist_geo.eval.report import mlflow_metrics
+from dist_geo.distributed import single_process
+from dist_geo.eval.report import log_to_mlflow, mlflow_metrics
 from dist_geo.model.network import build_model
 
 
@@ -46,9 +47,6 @@ def test_mlflow_metric_names():
 
 def test_metrics_land_on_a_new_run_when_the_run_id_is_unknown(tmp_path):
     from mlflow.tracking import MlflowClient
-
-    from dist_geo.distributed import single_process
-    from dist_geo.eval.report import log_to_mlflow
 
     cfg = build_config(overrides=[f"train.out={tmp_path}"])
     run_id = log_to_mlflow({"test": {"recall_at_1": 42.0}}, cfg, single_process(),

@@ -10,8 +10,9 @@ import torch.multiprocessing as mp
 from dist_geo.config import build_config
 from dist_geo.data.vg_format import list_images
 from dist_geo.distributed import DistContext, single_process
+from dist_geo.errors import DataError
 from dist_geo.eval.evaluate import evaluate, split_folders
-from dist_geo.eval.features import extract_descriptors, rank_slice
+from dist_geo.eval.features import extract_descriptors, load_image, rank_slice
 from dist_geo.eval.tta import query_views
 from dist_geo.model.network import build_model
 
@@ -109,9 +110,6 @@ def test_pca_fitted_on_train_images_of_the_tiny_world(tiny_world):
 
 
 def test_load_image_resizes_and_reports_unreadable_files(known_dataset, tmp_path):
-    from dist_geo.errors import DataError
-    from dist_geo.eval.features import load_image
-
     records, _ = list_images(known_dataset / "val" / "database")
     image = load_image(records[0].path, image_size=20)
     assert image.shape == (3, 20, 20) and image.dtype == torch.float32

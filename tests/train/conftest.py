@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dist_geo.config import build_config
+from dist_geo.shards.writer import write_shards
 
 DATA = ["data.M=10", "data.alpha=30", "data.N=5", "data.L=2", "data.groups_num=2",
         "data.min_images_per_class=3", "data.shard_size=16"]
@@ -14,8 +15,6 @@ DATA = ["data.M=10", "data.alpha=30", "data.N=5", "data.L=2", "data.groups_num=2
 
 @pytest.fixture(scope="session")
 def train_shards(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dist_geo.shards.writer import write_shards
-
     out = tmp_path_factory.mktemp("train_shards")
     write_shards(tiny_world, out, build_config(overrides=DATA).data)
     return out

@@ -12,7 +12,7 @@ from dist_geo.distributed import single_process
 from dist_geo.errors import CheckpointError
 from dist_geo.model.checkpoint import load_model, read_manifest
 from dist_geo.tracking import tracking_uri
-from dist_geo.train import launch_local, reslice_checkpoint, train
+from dist_geo.train import launch_local, reslice_checkpoint, train, trainer
 from dist_geo.train.checkpoint import head_file
 
 
@@ -45,8 +45,6 @@ def test_resume_is_exact_and_tracked(train_overrides, tmp_path, monkeypatch):
     out = tmp_path / "b"
     first = train(build_config(overrides=common + [
         "train.epochs_num=1", f"train.out={out}", "train.test=false"]), ctx)
-
-    from dist_geo.train import trainer
 
     calls = []
 

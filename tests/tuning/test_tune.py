@@ -10,6 +10,7 @@ checkpoints untouched.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -130,8 +131,6 @@ def test_asha_sweep_interrupted_resumed_tracked_and_best_config_trains(
 def test_data_parallel_trial_reports_every_epoch(sweep_file: Path, local_ray):
     """workers_per_trial=2: the trial trains with 2 gloo ranks under torchrun and reports each
     epoch (metrics + that epoch's checkpoint) to Tune and MLflow as rank 0 finishes it."""
-    import json
-
     raw = yaml.safe_load(sweep_file.read_text())
     raw["space"] = {"loss.m": {"grid": [0.3]}}
     raw |= {"workers_per_trial": 2, "resources": {"cpu": 2}, "scheduler": "fifo"}
