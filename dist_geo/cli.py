@@ -2,10 +2,12 @@
 
 The CLI is thin: each sub-command lives in the module of its stage, which offers
 `configure(parser)` (its arguments) and `main(args) -> int` (parse, build the config, call one
-library function); dist_geo/subcommand.py parses and runs it. This dispatcher is the one place
-that imports project modules lazily, by the names below: a module is imported only when its
+library function); dist_geo/subcommand.py parses and runs it. The dispatcher imports each
+sub-command's module lazily, by the names below: a module is imported only when its
 sub-command runs, so `--help` is fast and a missing optional dependency only affects the
-sub-command that needs it.
+sub-command that needs it. Elsewhere project imports sit at the top of their module, but for
+two that wait on an optional dependency: the DALI loader (loaders/factory.py) and the sweep
+runner (tuning/cli.py, Ray).
 """
 from __future__ import annotations
 
