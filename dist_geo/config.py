@@ -67,6 +67,9 @@ class DataConfig:
     shard_seed: int = 0  # order of the samples in the shards (written once, fixed)
     shuffle_buffer: int = _range(1000, 1)  # samples in the loaders' shuffle buffer, per rank
     strict: bool = False  # loaders: a corrupt sample raises instead of being skipped and counted
+    # Every decoder (shard, loaders, eval) refuses an image whose header promises more pixels:
+    # a 1 KB JPEG can claim 30000 x 30000 (a decompression bomb). PIL's own warning threshold.
+    max_image_pixels: int = _range(89_478_485, 1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -114,19 +117,33 @@ class TrainConfig:
     out: str = "runs/train"
     epochs_num: int = _range(50, 1)
     iterations_per_epoch: int = _range(10000, 1)
-    batch_size: int = _range(32, 1)  # per rank
+    # The GLOBAL batch (CosPlace's 32), split evenly over the ranks: the same config trains the
+    # same model on 1 GPU, 8 GPUs or 2 CPU processes (see per_rank_batch).
+    batch_size: int = _range(32, 1)
     seed: int = 0
     deterministic: bool = False
     device: str = _choice("auto", "auto", "cpu", "cuda")
+    # Mixed precision is autocast over fp32 master weights (GeM, L2 norms, heads and loss in fp32).
     precision: str = _choice("fp32", "fp32", "bf16", "fp16")
+    sync_bn: bool = True  # batch-norm statistics over the global batch when ranks > 1
+    channels_last: bool = True  # NHWC activations (faster convolutions on GPUs and oneDNN)
+    compile: bool = False  # torch.compile the network
     zero_stage: int = _range(0, 0, 2)
     checkpoint_every: int = _range(0, 0)  # steps; 0 = at epoch ends only
     resume: bool = False
     validate: bool = True  # val recall every epoch, best model by val recall@1
     test: bool = True  # test and test-night at the end
-    log_every: int = _range(10, 1)
+    log_every: int = _range(10, 1)  # steps between loss reports (the only host syncs of a step)
     deepspeed_config: str = ""  # JSON merged over the DeepSpeed config derived from these keys
     keep_epoch_checkpoints: bool = False  # also keep checkpoints/epoch_NNN at each epoch end
+
+    def per_rank_batch(self, world_size: int) -> int:
+        """Each rank's share of the global `batch_size`; it must divide evenly."""
+        if self.batch_size % world_size:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} (the global batch) does not split evenly "
+                f"over {world_size} ranks; use a multiple of {world_size}")
+        return self.batch_size // world_size
 
 
 @dataclass

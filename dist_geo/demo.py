@@ -33,7 +33,7 @@ from dist_geo.eval.raw_pixels import raw_pixel_baseline
 from dist_geo.eval.report import log_to_mlflow, metric_prefix
 from dist_geo.model.network import build_model
 from dist_geo.shards.writer import write_shards
-from dist_geo.train.launch import launch_local
+from dist_geo.train.launch import launch_local, plan_local
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "recall_at_20")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="folder for world, shards, run, results")
-    parser.add_argument("--nproc", type=int, default=2, help="data-parallel training processes")
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="data-parallel training processes (default: one per GPU, or 2 CPU "
+                             "processes without GPUs; the global batch stays the config's)")
     parser.add_argument("--preset", default="demo", help="synthetic world preset (tiny, demo, bench)")
     add_config_arguments(parser, default="demo")
 
@@ -70,7 +72,7 @@ def pick(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
     return {k: round(float(metrics[prefix + k]), 2) for k in METRICS if prefix + k in metrics}
 
 
-def run_demo(cfg: Config, out: Path, nproc: int = 2, preset: str = "demo") -> dict[str, Any]:
+def run_demo(cfg: Config, out: Path, nproc: int | None = None, preset: str = "demo") -> dict[str, Any]:
     started = time.perf_counter()
     cfg = demo_config(cfg, out)
     splits = list(cfg.eval.splits)
@@ -82,9 +84,12 @@ def run_demo(cfg: Config, out: Path, nproc: int = 2, preset: str = "demo") -> di
     write_shards(cfg.data.dataset, cfg.data.shards, cfg.data)
     timings["data_s"] = time.perf_counter() - started
 
-    log.info("3/4 training with %d processes -> %s", nproc, cfg.train.out)
+    plan = plan_local(cfg, nproc, torch.cuda.device_count())
+    cfg.train.device = plan.device
+    log.info("3/4 training with %d %s process(es), global batch %d (%d each) -> %s", plan.nproc,
+             plan.device, cfg.train.batch_size, plan.per_rank_batch, cfg.train.out)
     t = time.perf_counter()
-    trained = launch_local(cfg, nproc=nproc)
+    trained = launch_local(cfg, nproc=plan.nproc)
     timings["train_s"] = time.perf_counter() - t
 
     log.info("4/4 baselines: untrained network and raw pixels")
@@ -107,7 +112,9 @@ def run_demo(cfg: Config, out: Path, nproc: int = 2, preset: str = "demo") -> di
         "mlflow_run_id": run_id,
         "mlflow_ui": f"mlflow ui --backend-store-uri sqlite:///{Path(cfg.train.out).resolve()}/mlflow.db",
         "best_checkpoint": trained["best_checkpoint"],
-        "nproc": nproc,
+        "nproc": plan.nproc,
+        "device": plan.device,
+        "global_batch": cfg.train.batch_size,
         "timings_s": {k: round(v, 1) for k, v in timings.items()}
         | {"total_s": round(time.perf_counter() - started, 1)},
     }

@@ -58,12 +58,12 @@ class NightLight(torch.nn.Module):
 def torch_transform(aug: AugmentConfig, image_size: int) -> v2.Compose:
     """Steps 1-5 as torchvision v2 transforms, from a uint8 CHW image tensor."""
     return v2.Compose([
-        v2.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), ratio=CROP_RATIO,
-                             antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
         v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast,
                        saturation=aug.saturation, hue=aug.hue),
+        v2.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), ratio=CROP_RATIO,
+                             antialias=True),
         v2.RandomHorizontalFlip(flip_probability(aug)),
-        v2.ToDtype(torch.float32, scale=True),
         v2.RandomApply([NightLight()], p=night_light_probability(aug)),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])

@@ -5,7 +5,8 @@ its shards, with either backend (cfg.data.loader = "dali" | "torch": dali_backen
 torch_backend.py). Both keep this contract:
 - iterating yields `(images, labels)`: images float32 [B, 3, S, S], ImageNet-normalised and
   augmented (augment.py), labels int64 [B] = local class index in the group,
-  both on ctx.device (B = cfg.train.batch_size, S = cfg.data.image_size);
+  both on ctx.device (B = this rank's share of the global cfg.train.batch_size,
+  S = cfg.data.image_size);
 - endless within an epoch: passes over the rank's shards follow each other (the trainer
   takes cfg.train.iterations_per_epoch batches);
 - deterministic given (cfg.train.seed, epoch, rank, world size, cfg.data.num_workers);

@@ -171,7 +171,8 @@ class DaliTrainLoader:
             shard_id=self.ctx.rank, num_shards=self.ctx.world_size,
             initial_fill=data.shuffle_buffer, aug=data.augment, image_size=data.image_size,
             gpu=self.gpu, keys_only=self.keys_only,
-            batch_size=self.cfg.train.batch_size, num_threads=max(1, data.num_workers),
+            batch_size=self.cfg.train.per_rank_batch(self.ctx.world_size),
+            num_threads=max(1, data.num_workers),
             device_id=self.ctx.device.index if self.gpu else None,
             seed=self.seed % (2**31 - 1),
         )

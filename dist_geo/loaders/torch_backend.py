@@ -56,7 +56,7 @@ class ShardStream(IterableDataset):
         self.shards = [_Shard(url, n, off) for (url, n), off in zip(share.shards, offsets)]
         self.rank, self.world = share.sample_rank, share.sample_world
         self.seed, self.start_batch, self.passes, self.decode = seed, start_batch, passes, decode
-        self.batch_size = cfg.train.batch_size
+        self.batch_size = cfg.train.per_rank_batch(share.world)
         self.buffer = cfg.data.shuffle_buffer
         self.transform = torch_transform(cfg.data.augment, cfg.data.image_size)
         self.faults: list[Fault] = []

@@ -32,8 +32,10 @@ global-batch loss is dL/dtheta = sum_r (dL/dx_r)(dx_r/dtheta), while averaging y
 `world` (`_ScaleGrad`, identity in forward): after backward, x_r.grad = world * dL/dx_r, and
 the averaged backbone grads equal the single-process grads of L on the global batch. The head's
 own weight grads are NOT scaled (step 4) and must NOT be averaged across ranks (keep the head
-out of DDP/DeepSpeed's gradient all-reduce). World size 1 is the plain dense head; there the
-scale is 1. (Gradient accumulation by the engine scales the whole loss; that is consistent.)
+out of DDP/DeepSpeed's gradient all-reduce). World size 1 is the plain dense head: scale 1,
+and torch's fused `F.cross_entropy` instead of step 3. (Gradient accumulation by the engine
+scales the whole loss; that is consistent.) Synchronised batch norm follows the same
+convention (train/sync_batchnorm.py), so the backbone's statistics gradients are exact too.
 
 Negative sampling (`sample_rate` < 1, training mode only), Partial FC v2: each rank keeps every
 class of its shard that is a positive in the global batch and fills up to
@@ -110,32 +112,30 @@ class _ShardedSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target_col: torch.Tensor, distributed: bool) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, target_col: torch.Tensor) -> torch.Tensor:
         n = logits.shape[0]
         if logits.shape[1]:
             row_max = logits.max(dim=1).values
         else:  # this rank holds no classes
             row_max = logits.new_full((n,), -math.inf)
-        if distributed:
-            dist.all_reduce(row_max, dist.ReduceOp.MAX)
+        dist.all_reduce(row_max, dist.ReduceOp.MAX)
         exp = torch.exp(logits - row_max[:, None])
         sum_exp = exp.sum(dim=1)
         here = target_col >= 0
         target_logit = torch.zeros_like(row_max)
         target_logit[here] = logits[here, target_col[here]]
-        if distributed:
-            dist.all_reduce(sum_exp, dist.ReduceOp.SUM)
-            dist.all_reduce(target_logit, dist.ReduceOp.SUM)
+        dist.all_reduce(sum_exp, dist.ReduceOp.SUM)
+        dist.all_reduce(target_logit, dist.ReduceOp.SUM)
         ctx.save_for_backward(exp.div_(sum_exp[:, None]), target_col)
         return (row_max + sum_exp.log() - target_logit).mean()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         softmax, target_col = ctx.saved_tensors
         here = (target_col >= 0).nonzero(as_tuple=True)[0]
         grad_logits = softmax.clone()
         grad_logits[here, target_col[here]] -= 1.0
-        return grad_logits * (grad / softmax.shape[0]), None, None
+        return grad_logits * (grad / softmax.shape[0]), None
 
 
 class ShardedMarginHead(nn.Module):
@@ -211,7 +211,9 @@ class ShardedMarginHead(nn.Module):
             rows = (target_col >= 0).nonzero(as_tuple=True)[0]
             target[rows, target_col[rows]] = True
             logits = self.margin(cos, target)
-            return _ShardedSoftmaxCE.apply(logits, target_col, self.world_size > 1)
+            if self.world_size == 1:  # every target is here: torch's fused softmax CE
+                return F.cross_entropy(logits, target_col)
+            return _ShardedSoftmaxCE.apply(logits, target_col)
 
     @torch.no_grad()
     def full_weight(self) -> torch.Tensor:

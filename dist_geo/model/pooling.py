@@ -1,6 +1,9 @@
 """The aggregation layers of CosPlace: L2 normalisation and generalised-mean (GeM) pooling.
 
-They keep CosPlace's parameter names (GeM's `p`) so released state dicts load unchanged.
+They keep CosPlace's parameter names (GeM's `p`) so released state dicts load unchanged. Both
+compute in fp32 even under autocast: x^p of post-ReLU activations and sums of squares overflow
+or lose the small values in fp16/bf16, and the descriptor's unit norm is what the margin heads
+and the search rely on. Their output is fp32 (the last Linear then runs in the autocast dtype).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ class L2Norm(nn.Module):
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, p=2.0, dim=self.dim)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.normalize(x.float(), p=2.0, dim=self.dim)
 
 
 class GeM(nn.Module):
@@ -33,8 +37,10 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = F.avg_pool2d(x.clamp(min=self.eps).pow(self.p), (x.size(-2), x.size(-1)))
-        return pooled.pow(1.0 / self.p)
+        with torch.autocast(x.device.type, enabled=False):
+            x, p = x.float(), self.p.float()
+            pooled = F.avg_pool2d(x.clamp(min=self.eps).pow(p), (x.size(-2), x.size(-1)))
+            return pooled.pow(1.0 / p)
 
     def extra_repr(self) -> str:
         return f"p={self.p.item():.4f}, eps={self.eps}"

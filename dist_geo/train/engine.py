@@ -1,15 +1,22 @@
 """The DeepSpeed engine around the network (backbone + GeM + FC), and the heads' step beside it.
 
-The network is data parallel inside DeepSpeed (ZeRO stage 0, 1 or 2 from `train.zero_stage`;
-fp32, bf16 or fp16 from `train.precision`). The sharded margin heads are not: each rank holds
-different class rows, so averaging their gradients across ranks (what DeepSpeed does) would be
-wrong. They keep fp32 weights and their own torch optimizers, and are stepped by `step_head`.
+The network is data parallel inside DeepSpeed (ZeRO stage 0, 1 or 2 from `train.zero_stage`).
+The sharded margin heads are not: each rank holds different class rows, so averaging their
+gradients across ranks (what DeepSpeed does) would be wrong. They keep their own torch
+optimizers and are stepped by `step_head`, just before the engine steps the network.
 
-fp16 loss scaling: `engine.backward(loss)` multiplies the loss by DeepSpeed's current loss
-scale before autograd runs, so the heads' gradients come out multiplied by the same scale.
-`step_head` divides them by `loss_scale(engine)` before clipping, and skips the head step when
-DeepSpeed skipped the network's step (gradient overflow: `engine.was_step_applied()`), so the
-heads and the network always move together. bf16 and fp32 use no loss scale (factor 1).
+Precision. The weights, optimizer states and batch-norm buffers stay fp32 in every mode;
+`train.precision=bf16|fp16` runs the network's forward under autocast (DeepSpeed's
+`torch_autocast` section), as `torch.autocast` + `GradScaler` training does. The parts that
+need the range stay fp32 whatever autocast says: GeM and the L2 norms (model/pooling.py), the
+heads' cosines, margins and softmax (model/partial_fc.py). Gradients are all-reduced in fp32
+(`lower_precision_safe_modules: []`: DeepSpeed would otherwise reduce conv and linear gradients
+in the autocast dtype). fp16 adds loss scaling: DeepSpeed's GradScaler (on the engine for ZeRO
+0, on its optimizer for ZeRO 1/2) scales the loss in `engine.backward`, so the heads' gradients
+carry the same scale; `step_head` unscales and steps the head optimizer through that same
+GradScaler before the engine's step updates the scale, so a head step with inf/NaN gradients
+is skipped exactly as the network's is (CosPlace's AMP: `scaler.step` per optimizer, then
+`scaler.update()`).
 
 DeepSpeed on CPU (measured with deepspeed 0.19.8, torch 2.14.1, see `prepare_deepspeed`):
 - `DS_ACCELERATOR=cpu` makes it use gloo; `dist_geo.distributed.init_distributed` sets it before
@@ -40,18 +47,24 @@ from dist_geo.config import Config, ConfigError
 from dist_geo.distributed import DistContext
 
 
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
 def deepspeed_config(cfg: Config, ctx: DistContext) -> dict[str, Any]:
     """DeepSpeed's JSON config derived from `train.*` / `optim.*`, then `train.deepspeed_config`."""
     precision = cfg.train.precision
     ds: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": cfg.train.batch_size,
+        "train_micro_batch_size_per_gpu": cfg.train.per_rank_batch(ctx.world_size),
         "gradient_accumulation_steps": 1,
-        "train_batch_size": cfg.train.batch_size * ctx.world_size,
+        "train_batch_size": cfg.train.batch_size,
         "zero_optimization": {"stage": cfg.train.zero_stage},
         "zero_allow_untested_optimizer": True,
         "gradient_clipping": cfg.optim.clip_grad_norm,
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "torch_autocast": {
+            "enabled": precision in AUTOCAST_DTYPES,
+            "dtype": AUTOCAST_DTYPES.get(precision, "float32"),
+            "lower_precision_safe_modules": [],  # all-reduce every gradient in fp32
+        },
         "steps_per_print": 2**31 - 1,  # our own logging reports progress
         "wall_clock_breakdown": False,
     }
@@ -80,15 +93,13 @@ def prepare_deepspeed(ctx: DistContext) -> None:
 
 
 def check_precision(precision: str, ctx: DistContext) -> None:
-    from deepspeed.accelerator import get_accelerator  # lazy: as in prepare_deepspeed
-
-    accelerator = get_accelerator()
-    if precision == "fp16" and not accelerator.is_fp16_supported():
+    """Autocast in `precision` must exist on this device (fp16 autocast is a GPU mode)."""
+    if precision == "fp16" and ctx.device.type != "cuda":
         raise ConfigError(
             f"train.precision=fp16 is not supported on {ctx.device}; use bf16 or fp32"
         )
-    if precision == "bf16" and not accelerator.is_bf16_supported():
-        raise ConfigError(f"train.precision=bf16 is not supported on {ctx.device}; use fp32")
+    if precision == "bf16" and ctx.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16 is not supported on {ctx.device}; use fp16")
 
 
 def build_engine(
@@ -107,36 +118,27 @@ def build_engine(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg, ctx), dist_init_required=False,
     )
-    # DeepSpeed casts the parameters to bf16/fp16 but not the buffers; batch norm needs both alike.
-    dtype = next(engine.module.parameters()).dtype
-    for buffer in engine.module.buffers():
-        if buffer.is_floating_point():
-            buffer.data = buffer.data.to(dtype)
     return engine
 
 
-def loss_scale(engine: Any) -> float:
-    """The factor `engine.backward` multiplied the loss by (1 unless fp16 loss scaling is on)."""
-    if not engine.fp16_enabled():
-        return 1.0
-    optimizer = engine.optimizer
-    scale = getattr(optimizer, "cur_scale", None)
-    if scale is None:
-        scale = optimizer.loss_scale_config.cur_scale
-    return float(scale)
+def grad_scaler(engine: Any) -> torch.amp.GradScaler | None:
+    """DeepSpeed's fp16 GradScaler (ZeRO 0 keeps it on the engine, ZeRO 1/2 on their
+    optimizer); None when no loss scaling is on."""
+    return (getattr(engine, "torch_autocast_z0_gradscaler", None)
+            or getattr(engine.optimizer, "torch_autocast_gradscaler", None))
 
 
 def step_head(
     engine: Any, head: torch.nn.Module, optimizer: torch.optim.Optimizer, clip_grad_norm: float
 ) -> None:
-    """Unscale, clip and apply the head's gradients after `engine.step()` (see module docstring)."""
-    if engine.was_step_applied():
-        scale = loss_scale(engine)
-        if scale != 1.0:
-            for p in head.parameters():
-                if p.grad is not None:
-                    p.grad.div_(scale)
-        if clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(head.parameters(), clip_grad_norm)
+    """Unscale, clip and apply the head's gradients; call before `engine.step()`."""
+    scaler = grad_scaler(engine)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(head.parameters(), clip_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when the unscaled gradients hold inf/NaN
+    else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -5,6 +5,7 @@ this machine: it saves the config, runs `python -m torch.distributed.run --stand
 --nproc_per_node=N -m dist_geo.train.cli --config <yaml> --result <json>` (torchrun picks a
 free port) and returns rank 0's result dict. The same command line, with `--nnodes`,
 `--node_rank` and `--rdzv_endpoint`, is the multi-node launch (see launch/README.md).
+`plan_local` decides how many processes on which device, from what the machine has.
 """
 from __future__ import annotations
 
@@ -12,11 +13,41 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dist_geo.config import Config, save_config
+from dist_geo.config import Config, ConfigError, save_config
 from dist_geo.errors import DistGeoError
+
+CPU_PROCESSES = 2  # gloo ranks on a machine without GPUs: the data-parallel path, exercised
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """A local job: `nproc` ranks on `device`, each with `per_rank_batch` of the global batch."""
+
+    nproc: int
+    device: str
+    per_rank_batch: int
+
+
+def plan_local(cfg: Config, requested: int | None, gpus: int) -> LocalPlan:
+    """One rank per GPU where there are GPUs (`requested` of them if given, never more),
+    CPU_PROCESSES gloo ranks (or `requested`) where there are none or `train.device=cpu`.
+    The global batch is the config's whatever the count, so the job trains the same model on
+    any machine (the ranks split it: `per_rank_batch`, a ConfigError if it does not divide)."""
+    device = cfg.train.device
+    if device == "cuda" and not gpus:
+        raise ConfigError("train.device=cuda but no CUDA device is visible")
+    if device == "cpu" or not gpus:
+        nproc = requested or CPU_PROCESSES
+        return LocalPlan(nproc, "cpu", cfg.train.per_rank_batch(nproc))
+    nproc = requested or gpus
+    if nproc > gpus:
+        raise ConfigError(f"{nproc} processes asked for but {gpus} GPU(s) visible: one process "
+                          f"per GPU (or train.device=cpu for CPU processes)")
+    return LocalPlan(nproc, "cuda", cfg.train.per_rank_batch(nproc))
 
 
 def start_local(

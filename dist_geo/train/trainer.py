@@ -18,7 +18,6 @@ the same weights as 2 epochs.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import time
@@ -44,6 +43,7 @@ from dist_geo.tracking import Tracker, peak_memory_mb
 from dist_geo.train import checkpoint as ckpt
 from dist_geo.train.engine import build_engine, step_head
 from dist_geo.train.optim import build_optimizer, build_scheduler, head_lr, set_lr
+from dist_geo.train.sync_batchnorm import synchronise_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,20 @@ def run_evaluation(
     return mlflow_metrics(evaluate(model, cfg.data.dataset, cfg, ctx, splits=splits))
 
 
-def eval_copy(engine: Any) -> torch.nn.Module:
-    """The network in fp32 for evaluation (the engine's own module when it already is)."""
-    module = engine.module
-    if next(module.parameters()).dtype == torch.float32:
-        return module
-    return copy.deepcopy(module).float()
+def prepare_network(model: torch.nn.Module, cfg: Config, ctx: DistContext) -> torch.nn.Module:
+    """The network as the engine gets it: on its device, batch norm over the global batch when
+    the batch is split (train/sync_batchnorm.py)."""
+    if ctx.is_distributed and cfg.train.sync_bn:
+        model = synchronise_batchnorm(model, ctx.device)
+    return model.to(ctx.device)
+
+
+def to_channels_last(engine: Any, cfg: Config) -> None:
+    """NHWC weights, after `deepspeed.initialize` (its broadcast of the initial weights views
+    them as contiguous bytes). ZeRO 1/2 keep the weights as views of their flat buffers, which
+    must stay as they are: there only the activations are NHWC."""
+    if cfg.train.channels_last and cfg.train.zero_stage == 0:
+        engine.module.to(memory_format=torch.channels_last)
 
 
 class Trainer:
@@ -100,11 +108,14 @@ class Trainer:
         if len(groups) < cfg.data.groups_num and ctx.is_main:
             log.warning("the shards hold %d groups, fewer than data.groups_num=%d",
                         len(groups), cfg.data.groups_num)
-        model = build_model(cfg.model)
+        model = prepare_network(build_model(cfg.model), cfg, ctx)
         optimizer = build_optimizer(model.parameters(), cfg.optim, cfg.optim.lr)
         scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.iterations_per_epoch)
         self.engine = build_engine(model, optimizer, scheduler, cfg, ctx)
-        self.dtype = next(self.engine.module.parameters()).dtype
+        to_channels_last(self.engine, cfg)
+        if cfg.train.compile:
+            self.engine.compile()
+        self.loss_log: list[tuple[int, float]] = []  # (step, mean loss since the previous entry)
         # One head per group, seeded per group; inactive heads and their states live on the CPU.
         self.heads = [
             build_head(cfg.loss, cfg.model.fc_output_dim, int(g["num_classes"]), ctx,
@@ -144,7 +155,11 @@ class Trainer:
         )
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """The iterations of one epoch on group `epoch mod groups_num`, from the saved batch on."""
+        """The iterations of one epoch on group `epoch mod groups_num`, from the saved batch on.
+
+        A step never waits for the device: the loss is summed on the device and read every
+        `train.log_every` steps (and at the epoch's end), the only host syncs of the loop.
+        """
         cfg, ctx, engine = self.cfg, self.ctx, self.engine
         g = epoch % self.num_groups
         head, head_optimizer = self.heads[g], self.head_optimizers[g]
@@ -153,31 +168,38 @@ class Trainer:
         start = self.state.position.batch if self.state.position.epoch == epoch else 0
         loader = build_train_loader(cfg, g, ctx, epoch, start_batch=start)
         iterations = cfg.train.iterations_per_epoch
+        memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         engine.train()
         head.train()
         bar = tqdm(total=iterations, initial=start, desc=f"epoch {epoch} (group {g})",
                    disable=not ctx.is_main, dynamic_ncols=True, leave=False)
-        losses: list[float] = []
-        images_seen, started = 0, time.perf_counter()
+        epoch_loss = torch.zeros((), device=ctx.device)
+        window_loss = torch.zeros((), device=ctx.device)
+        window_start = start
+        started = time.perf_counter()
         for batch in range(start, iterations):
             images, labels = next(loader)
-            descriptors = engine(images.to(self.dtype))
-            loss = head(descriptors.float(), labels)
+            descriptors = engine(images.contiguous(memory_format=memory_format))
+            loss = head(descriptors, labels)
             engine.backward(loss)
             lr = engine.get_lr()[0]  # the lr of this step (the scheduler steps inside engine.step)
             set_lr(head_optimizer, head_lr(cfg.optim, lr))
-            engine.step()
             step_head(engine, head, head_optimizer, cfg.optim.clip_grad_norm)
+            engine.step()
+            epoch_loss += loss.detach()
+            window_loss += loss.detach()
             self.state.position = ckpt.Position(epoch, batch + 1, self.state.position.step + 1)
-            losses.append(loss.item())
-            images_seen += images.shape[0] * ctx.world_size
-            speed = images_seen / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{speed:.1f}")
             bar.update()
             step = self.state.position.step
-            if step % cfg.train.log_every == 0:
+            if step % cfg.train.log_every == 0 or batch + 1 == iterations:
+                mean = window_loss.item() / (batch + 1 - window_start)
+                window_loss.zero_()
+                window_start = batch + 1
+                speed = (batch + 1 - start) * cfg.train.batch_size / (time.perf_counter() - started)
+                self.loss_log.append((step, mean))
+                bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{speed:.1f}")
                 self.tracker.log_metrics(
-                    {"loss": losses[-1], "lr": lr, "classifiers_lr": head_lr(cfg.optim, lr),
+                    {"loss": mean, "lr": lr, "classifiers_lr": head_lr(cfg.optim, lr),
                      "images_per_s": speed}, step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 \
                     and batch + 1 < iterations:
@@ -185,13 +207,14 @@ class Trainer:
         bar.close()
         move_head(head, head_optimizer, torch.device("cpu"))
         elapsed = time.perf_counter() - started
+        done = iterations - start
         corrupt = torch.tensor(float(loader.stats()["corrupt_samples"]), device=ctx.device)
         if ctx.is_distributed:
             torch.distributed.all_reduce(corrupt)  # skipped samples of all ranks
         return {
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "train_loss": epoch_loss.item() / done if done else float("nan"),
             "corrupt_samples": corrupt.item(),
-            "images_per_s": images_seen / elapsed if elapsed > 0 else 0.0,
+            "images_per_s": done * cfg.train.batch_size / elapsed if elapsed > 0 else 0.0,
             "epoch_time_s": elapsed,
             "peak_memory_mb": peak_memory_mb(ctx.device),
         }
@@ -202,7 +225,7 @@ class Trainer:
         """Validate, checkpoint (last, best, epoch_NNN), log, call the hook."""
         cfg, ctx = self.cfg, self.ctx
         if cfg.train.validate:
-            metrics.update(run_evaluation(eval_copy(self.engine), cfg, ctx, ["val"]))
+            metrics.update(run_evaluation(self.engine.module, cfg, ctx, ["val"]))
         recall = metrics.get("val_recall_at_1", float(epoch))  # no validation: latest is best
         is_best = recall > self.state.best_recall_at_1
         if is_best:

@@ -146,4 +146,5 @@ def test_two_processes_split_the_group_between_them(shard_dir, tmp_path):
     for backend in ("torch", "dali"):
         assert not set(ranks[0][backend]) & set(ranks[1][backend])
         assert sorted(ranks[0][backend] + ranks[1][backend]) == expected
-    assert ranks[0]["batch"] == ranks[1]["batch"] == [[8, 3, 32, 32], "torch.int64"]
+    # train.batch_size is the global batch: each of the 2 ranks gets half of it
+    assert ranks[0]["batch"] == ranks[1]["batch"] == [[4, 3, 32, 32], "torch.int64"]

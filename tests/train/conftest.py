@@ -20,7 +20,7 @@ def train_shards(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def train_overrides(tiny_world: Path, train_shards: Path) -> list[str]:
     return DATA + [
         f"data.dataset={tiny_world}", f"data.shards={train_shards}", "data.loader=torch",

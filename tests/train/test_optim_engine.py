@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dist_geo.config import ConfigError, build_config
-from dist_geo.distributed import single_process
-from dist_geo.train.engine import deepspeed_config
+from dist_geo.distributed import DistContext, single_process
+from dist_geo.train.engine import check_precision, deepspeed_config
 from dist_geo.train.optim import build_optimizer, build_scheduler, head_lr
 
 
@@ -52,7 +52,12 @@ def test_deepspeed_config_from_keys_and_user_json(tmp_path):
                                   "train.precision=bf16", "optim.clip_grad_norm=1.5"])
     ds = deepspeed_config(cfg, single_process())
     assert ds["train_batch_size"] == 8 and ds["zero_optimization"]["stage"] == 2
-    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and ds["gradient_clipping"] == 1.5
+    assert ds["gradient_clipping"] == 1.5
+    # Mixed precision is autocast over fp32 weights, never DeepSpeed's whole-model half modes,
+    # and gradients are all-reduced in fp32.
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16",
+                                    "lower_precision_safe_modules": []}
+    assert "bf16" not in ds and "fp16" not in ds
     user = tmp_path / "ds.json"
     user.write_text(json.dumps({"zero_optimization": {"stage": 1, "overlap_comm": True}}))
     cfg.train.deepspeed_config = str(user)
@@ -60,3 +65,19 @@ def test_deepspeed_config_from_keys_and_user_json(tmp_path):
     user.write_text("{not json")
     with pytest.raises(ConfigError, match="ds.json"):
         deepspeed_config(cfg, single_process())
+
+
+def test_batch_size_is_the_global_batch_split_over_ranks():
+    cfg = build_config(overrides=["train.batch_size=32"])
+    two = DistContext(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    ds = deepspeed_config(cfg, two)
+    assert ds["train_batch_size"] == 32 and ds["train_micro_batch_size_per_gpu"] == 16
+    assert cfg.train.per_rank_batch(1) == 32 and cfg.train.per_rank_batch(4) == 8
+    with pytest.raises(ConfigError, match="batch_size=32 .* 3 ranks"):
+        cfg.train.per_rank_batch(3)
+
+
+def test_fp16_autocast_is_refused_on_the_cpu():
+    cfg = build_config(overrides=["train.precision=fp16"])
+    with pytest.raises(ConfigError, match="fp16 is not supported on cpu"):
+        check_precision(cfg.train.precision, single_process())
