@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from dist_geo.config import Config
@@ -64,11 +65,12 @@ def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
 def move_head(
     head: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> None:
-    """A head and its optimizer's moments to `device` (in place: the optimizer keeps its params)."""
+    """A head and its optimizer's state to `device` (in place: the optimizer keeps its params).
+    The step counts move too: fused optimizers keep them beside the weights."""
     head.to(device)
     for state in optimizer.state.values():
         for key, value in state.items():
-            if torch.is_tensor(value) and value.dim() > 0:
+            if torch.is_tensor(value):
                 state[key] = value.to(device)
 
 
@@ -178,14 +180,20 @@ class Trainer:
         window_start = start
         started = time.perf_counter()
         for batch in range(start, iterations):
-            images, labels = next(loader)
-            descriptors = engine(images.contiguous(memory_format=memory_format))
-            loss = head(descriptors, labels)
-            engine.backward(loss)
-            lr = engine.get_lr()[0]  # the lr of this step (the scheduler steps inside engine.step)
-            set_lr(head_optimizer, head_lr(cfg.optim, lr))
-            step_head(engine, head, head_optimizer, cfg.optim.clip_grad_norm)
-            engine.step()
+            # The phases are named for torch.profiler (`dist-geo bench train` breaks a step down).
+            with record_function("data"):
+                images, labels = next(loader)
+            with record_function("forward"):
+                descriptors = engine(images.contiguous(memory_format=memory_format))
+            with record_function("head"):
+                loss = head(descriptors, labels)
+            with record_function("backward"):
+                engine.backward(loss)
+            with record_function("optimizer"):
+                lr = engine.get_lr()[0]  # this step's lr (the scheduler steps in engine.step)
+                set_lr(head_optimizer, head_lr(cfg.optim, lr))
+                step_head(engine, head, head_optimizer, cfg.optim.clip_grad_norm)
+                engine.step()
             epoch_loss += loss.detach()
             window_loss += loss.detach()
             self.state.position = ckpt.Position(epoch, batch + 1, self.state.position.step + 1)
