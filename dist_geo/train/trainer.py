@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dist_geo.config import Config
 from dist_geo.distributed import DistContext
@@ -35,6 +34,7 @@ from dist_geo.errors import CheckpointError
 from dist_geo.eval.evaluate import evaluate
 from dist_geo.eval.report import mlflow_metrics
 from dist_geo.loaders.factory import build_train_loader
+from dist_geo.logs import progress
 from dist_geo.model.checkpoint import load_model, resolve
 from dist_geo.model.network import build_model
 from dist_geo.model.partial_fc import build_head
@@ -171,8 +171,8 @@ class Trainer:
         memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         engine.train()
         head.train()
-        bar = tqdm(total=iterations, initial=start, desc=f"epoch {epoch} (group {g})",
-                   disable=not ctx.is_main, dynamic_ncols=True, leave=False)
+        bar = progress(total=iterations, initial=start, desc=f"epoch {epoch} (group {g})",
+                       enabled=ctx.is_main)
         epoch_loss = torch.zeros((), device=ctx.device)
         window_loss = torch.zeros((), device=ctx.device)
         window_start = start
