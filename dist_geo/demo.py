@@ -46,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="data-parallel training processes (default: one per GPU, or 2 CPU "
                              "processes without GPUs; the global batch stays the config's)")
     parser.add_argument("--preset", default="demo", help="synthetic world preset (tiny, demo, bench)")
-    add_config_arguments(parser, default="demo")
+    add_config_arguments(parser, "train.epochs_num=2 loss.name=arcface", default="demo")
 
 
 def main(args: argparse.Namespace) -> int:

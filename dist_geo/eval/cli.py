@@ -43,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="other runs' results.json to draw on the same recall@N plot")
     parser.add_argument("--baseline", action="store_true",
                         help="also report the raw-pixel (32x32 thumbnail) baseline")
-    add_config_arguments(parser)
+    add_config_arguments(parser, "eval.tta=hflip eval.pca_dim=256 eval.night_preprocess=contrast")
 
 
 def eval_config(args: argparse.Namespace) -> Config:
