@@ -27,14 +27,21 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+OURS = ("dist_geo", "__main__")  # our loggers: the package's, and a stage run as `python -m`
 
 
 def setup_logging(verbose: bool = False) -> None:
     """INFO (DEBUG with `verbose`) for dist-geo, WARNING for every other library."""
     logging.basicConfig(level=logging.WARNING, format=FORMAT, datefmt="%H:%M:%S")
-    for name in ("dist_geo", "__main__"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    set_level(logging.DEBUG if verbose else logging.INFO)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def set_level(level: int) -> None:
+    """The level of dist-geo's own lines (ranks other than 0 keep to warnings: rank 0 speaks
+    for the job)."""
+    for name in OURS:
+        logging.getLogger(name).setLevel(level)
 
 
 class PlainProgress:
@@ -85,4 +92,4 @@ def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
     return PlainProgress(iterable, total, desc, enabled, initial)
 
 
-__all__ = ["PlainProgress", "progress", "setup_logging"]
+__all__ = ["PlainProgress", "progress", "set_level", "setup_logging"]

@@ -2,7 +2,7 @@
 import logging
 import os
 
-from dist_geo.logs import PlainProgress, progress, setup_logging
+from dist_geo.logs import OURS, PlainProgress, progress, setup_logging
 
 
 def test_progress_off_a_terminal_is_a_line_per_tenth(caplog):
@@ -28,7 +28,7 @@ def test_progress_is_quiet_for_short_loops_and_other_ranks(caplog):
 
 
 def test_other_libraries_log_warnings_only(monkeypatch):
-    for name in ("", "dist_geo", "__main__"):  # restored after the test
+    for name in ("", *OURS):  # restored after the test
         monkeypatch.setattr(logging.getLogger(name), "level", logging.getLogger(name).level)
     monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a fresh process
     monkeypatch.setattr(os, "environ", {})

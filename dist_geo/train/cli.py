@@ -20,6 +20,8 @@ from dist_geo.atomic import write_json
 from dist_geo.config import Config
 from dist_geo.config_args import SHOW, add_config_arguments, config_from_args
 from dist_geo.distributed import elastic_restart_count, init_distributed, shutdown
+from dist_geo.logs import set_level
+from dist_geo.tracking import MlflowRun, tracking_uri
 from dist_geo.train.trainer import EpochHook, train
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     ctx = init_distributed(cfg.train.device)
     if not ctx.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
+        set_level(logging.WARNING)
     last = Path(cfg.train.out) / "checkpoints" / "last" / "manifest.json"
     if elastic_restart_count() > 0 and last.exists():
         log.info("elastic restart %d: resuming from %s", elastic_restart_count(), last.parent)
@@ -74,6 +76,9 @@ def main(args: argparse.Namespace) -> int:
                        if args.epoch_log else None)
         if ctx.is_main and args.result:
             write_json(args.result, result, indent=1)
+        if ctx.is_main and result["mlflow_run_id"]:
+            run = MlflowRun(tracking_uri(cfg), result["mlflow_run_id"])
+            log.info("the run in MLflow's UI: %s", run.browse_hint)
     finally:
         shutdown()
     return 0
