@@ -26,7 +26,8 @@ LAYOUTS = ("class_uniform", "image_uniform")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dist-geo bench sampling",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/bench_sampling")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("overrides", nargs="*", metavar="key=value")

@@ -17,12 +17,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
-from tqdm import tqdm
 
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
 from dist_geo.eval.night import preprocess_night
 from dist_geo.loaders.augment import IMAGENET_MEAN, IMAGENET_STD
+from dist_geo.logs import progress
 
 Views = Callable[[torch.Tensor], list[torch.Tensor]]
 
@@ -107,7 +107,7 @@ def extract_descriptors(
         pin_memory=ctx.device.type == "cuda",
     )
     out = []
-    for images, _ in tqdm(loader, desc=desc, disable=not ctx.is_main, leave=False):
+    for images, _ in progress(loader, desc=desc, enabled=ctx.is_main):
         images = images.to(ctx.device, non_blocking=True)
         batches = views(images) if views else [images]
         out.append(torch.stack([module(b).float() for b in batches], dim=1))

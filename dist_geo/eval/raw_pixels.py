@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from dist_geo.config import Config
 from dist_geo.data.vg_format import list_images
 from dist_geo.errors import DataError
 from dist_geo.eval.evaluate import EvalResults, score_split, split_folders
+from dist_geo.logs import progress
 
 THUMBNAIL_SIDE = 32
 
@@ -35,7 +35,7 @@ def thumbnail(path: str) -> np.ndarray:
 
 
 def thumbnails(paths: Sequence[str], desc: str = "thumbnails") -> np.ndarray:
-    return np.stack([thumbnail(p) for p in tqdm(paths, desc=desc, leave=False)])
+    return np.stack([thumbnail(p) for p in progress(paths, desc=desc)])
 
 
 def raw_pixel_baseline(

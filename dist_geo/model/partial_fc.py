@@ -22,8 +22,10 @@ Forward, on every rank, for local embeddings x_r [B, D] and labels y_r [B]:
    softmax_ic = exp(z_ic - M_i) / sumexp_i uses the global normaliser saved in forward. So the
    grads of the rank's own rows W_r are exact: dW_r = dL/dW_r of the unsharded head.
 5. The gathered X receives, on rank r, only the part of dL/dX that flows through shard r's
-   columns; torch.distributed.nn.functional.all_gather's backward sums these over ranks and
-   hands rank r its own rows (reduce-scatter; all-to-all + sum on gloo), i.e. dL/dx_r exactly.
+   columns; the functional all-gather's backward (`all_gather_single` of
+   torch.distributed._functional_collectives, which replaces the deprecated
+   torch.distributed.nn.functional.all_gather) sums these over ranks and hands rank r its
+   own rows (a reduce-scatter), i.e. dL/dx_r exactly.
 
 Gradient-scaling convention (what the trainer relies on). The backbone is data parallel: its
 grads are AVERAGED over the `world` ranks by DDP/DeepSpeed. The unsharded gradient of the
@@ -50,7 +52,7 @@ import math
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
+import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 
@@ -173,7 +175,8 @@ class ShardedMarginHead(nn.Module):
     def _gather(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.world_size == 1:
             return embeddings, labels
-        embeddings = torch.cat(dist_fn.all_gather(_ScaleGrad.apply(embeddings, self.world_size)))
+        embeddings = funcol.all_gather_single(
+            _ScaleGrad.apply(embeddings, self.world_size), 0, dist.group.WORLD)
         gathered = [torch.empty_like(labels) for _ in range(self.world_size)]
         dist.all_gather(gathered, labels)
         return embeddings, torch.cat(gathered)

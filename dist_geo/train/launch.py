@@ -59,7 +59,8 @@ def start_local(
     The config is saved to `<train.out>/launch_config.yaml`, rank 0's result goes to
     `<train.out>/result.json`, and with `epoch_log` rank 0 appends one JSON line per finished
     epoch to that file (what a Ray Tune trial follows). `threads_per_process` sets
-    OMP_NUM_THREADS for the workers (default: torchrun's choice, 1 when nproc > 1).
+    OMP_NUM_THREADS for the workers (default: torchrun's choice, 1 when nproc > 1, unless the
+    environment sets it).
     """
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +70,8 @@ def start_local(
     env = dict(os.environ)
     if threads_per_process:
         env["OMP_NUM_THREADS"] = str(threads_per_process)
+    elif nproc > 1:  # torchrun's own choice, without the banner it prints when it makes it
+        env.setdefault("OMP_NUM_THREADS", "1")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={nproc}", "-m", "dist_geo.train.cli",

@@ -28,15 +28,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch.profiler import record_function
-from tqdm import tqdm
 
+from dist_geo.atomic import write_json
 from dist_geo.config import Config
 from dist_geo.distributed import DistContext
 from dist_geo.errors import CheckpointError
-from dist_geo.eval.evaluate import evaluate
-from dist_geo.eval.report import mlflow_metrics
+from dist_geo.eval.evaluate import EvalResults, evaluate
+from dist_geo.eval.plots import plot_training
+from dist_geo.eval.report import Metrics, markdown_table, mlflow_metrics
 from dist_geo.loaders.factory import build_train_loader
+from dist_geo.logs import progress
 from dist_geo.model.checkpoint import load_model, resolve
+from dist_geo.model.checkpoint import read_manifest as read_checkpoint_manifest
 from dist_geo.model.network import build_model
 from dist_geo.model.partial_fc import build_head
 from dist_geo.shards.manifest import read_manifest, shards_dir
@@ -173,8 +176,8 @@ class Trainer:
         memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         engine.train()
         head.train()
-        bar = tqdm(total=iterations, initial=start, desc=f"epoch {epoch} (group {g})",
-                   disable=not ctx.is_main, dynamic_ncols=True, leave=False)
+        bar = progress(total=iterations, initial=start, desc=f"epoch {epoch} (group {g})",
+                       enabled=ctx.is_main)
         epoch_loss = torch.zeros((), device=ctx.device)
         window_loss = torch.zeros((), device=ctx.device)
         window_start = start
@@ -230,8 +233,15 @@ class Trainer:
     def end_epoch(
         self, epoch: int, metrics: dict[str, float], on_epoch_end: EpochHook | None
     ) -> None:
-        """Validate, checkpoint (last, best, epoch_NNN), log, call the hook."""
+        """Validate, checkpoint (last, best, epoch_NNN), log, call the hook.
+
+        Epochs are numbered from 0 everywhere a person reads them (this log line, the `epoch`
+        metric in MLflow and in the manifest's metrics, epoch_NNN, best_epoch, --epoch-log);
+        epoch k trains group k mod groups_num. The manifest's `position.epoch` is where a
+        resume continues: the next epoch's number.
+        """
         cfg, ctx = self.cfg, self.ctx
+        metrics["epoch"] = epoch
         if cfg.train.validate:
             metrics.update(run_evaluation(self.engine.module, cfg, ctx, ["val"]))
         recall = metrics.get("val_recall_at_1", float(epoch))  # no validation: latest is best
@@ -246,9 +256,9 @@ class Trainer:
                 ckpt.copy_checkpoint(last, self.checkpoints / "best")
             if cfg.train.keep_epoch_checkpoints:
                 ckpt.copy_checkpoint(last, self.checkpoints / f"epoch_{epoch:03d}")
-            self.tracker.log_metrics({**metrics, "epoch": epoch}, self.state.position.step)
-            log.info("epoch %d/%d (group %d): loss %.4f, %.1f images/s, %s%s", epoch + 1,
-                     cfg.train.epochs_num, epoch % self.num_groups, metrics["train_loss"],
+            self.tracker.log_metrics(metrics, self.state.position.step)
+            log.info("epoch %d of 0-%d (group %d): loss %.4f, %.1f images/s, %s%s", epoch,
+                     cfg.train.epochs_num - 1, epoch % self.num_groups, metrics["train_loss"],
                      metrics["images_per_s"],
                      f"val R@1 {metrics['val_recall_at_1']:.1f}" if cfg.train.validate else "",
                      " (best)" if is_best else "")
@@ -256,10 +266,34 @@ class Trainer:
                 on_epoch_end(epoch, dict(metrics), last)
         ctx.barrier()
 
-    def final_test(self) -> dict[str, float]:
+    def final_test(self) -> EvalResults:
         """The best checkpoint's network on eval.splits (test, test-night)."""
         model = load_model(self.checkpoints / "best", self.ctx.device)
-        return run_evaluation(model, self.cfg, self.ctx, list(self.cfg.eval.splits))
+        return evaluate(model, self.cfg.data.dataset, self.cfg, self.ctx, self.cfg.eval.splits)
+
+    def report(self, test: Metrics) -> None:
+        """Rank 0, once training and testing are done: the run's results table (best epoch's
+        val recalls, test recalls) as `<train.out>/results.json` and as the MLflow run's
+        description, the best checkpoint and the training curves as artifacts."""
+        best = self.checkpoints / "best"
+        best_metrics = read_checkpoint_manifest(best)["metrics"]
+        val = {k.removeprefix("val_"): v for k, v in best_metrics.items() if k.startswith("val_")}
+        table = ({f"val (epoch {self.state.best_epoch})": val} if val else {}) | dict(test)
+        results = write_json(self.out / "results.json", {
+            "best_epoch": self.state.best_epoch, "steps": self.state.position.step,
+            "best_checkpoint": str(best), "results": table}, indent=1)
+        self.tracker.log_artifacts(results)
+        self.tracker.set_description(
+            f"Best epoch {self.state.best_epoch} (by val recall@1) of {self.cfg.train.epochs_num}, "
+            f"{self.state.position.step} steps; recall@N (%):\n\n"
+            + markdown_table(table, self.cfg.eval.recall_values))
+        for name in ("model.pt", "config.yaml", "manifest.json"):
+            self.tracker.log_artifacts(best / name, "best_checkpoint")
+        if self.tracker.run:
+            curves = plot_training(
+                self.tracker.history("loss"), self.tracker.history("val_recall_at_1"),
+                self.tracker.history("epoch"), self.num_groups, self.out / "training_curves.png")
+            self.tracker.log_artifacts(curves, "plots")
 
     def run(self, on_epoch_end: EpochHook | None = None) -> dict[str, Any]:
         cfg = self.cfg
@@ -269,15 +303,11 @@ class Trainer:
                 metrics = self.train_epoch(epoch)
                 self.end_epoch(epoch, metrics, on_epoch_end)
             final = dict(self.state.metrics)
-            if cfg.train.test and cfg.eval.splits:
-                test = self.final_test()
-                final.update(test)
-                self.tracker.log_metrics(test, self.state.position.step)
+            test = self.final_test() if cfg.train.test and cfg.eval.splits else {}
+            final.update(mlflow_metrics(test))
+            self.tracker.log_metrics(mlflow_metrics(test), self.state.position.step)
             if self.ctx.is_main:
-                best = self.checkpoints / "best"
-                for name in ("model.pt", "config.yaml", "manifest.json"):
-                    self.tracker.log_artifacts(best / name, "best_checkpoint")
-                self.tracker.log_loss_plot(self.out)
+                self.report(test)
             status = "FINISHED"
         finally:
             self.tracker.finish(status)

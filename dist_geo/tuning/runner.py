@@ -135,14 +135,15 @@ def ensure_shards(sweep: Sweep) -> Path:
 
 
 def init_ray(address: str | None) -> None:
-    """Join `address`, or start a local Ray on this machine's CPUs (no dashboard)."""
+    """Join `address`, or start a local Ray on this machine's CPUs (no dashboard); Ray's own
+    start-up lines at WARNING, as every library's (dist_geo/logs.py)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
 
 
 class ResumableASHA(ASHAScheduler):

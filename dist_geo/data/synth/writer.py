@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import utm
 from PIL import Image
-from tqdm import tqdm
 
 from dist_geo.atomic import atomic_dir, write_text
 from dist_geo.data.synth.effects import add_noise, occlude, roll_crop
@@ -40,6 +39,7 @@ from dist_geo.data.synth.render import Lighting, render, sample_lighting, to_uin
 from dist_geo.data.synth.world import City, generate_city, street_segments
 from dist_geo.data.vg_format import format_name, images_paths_file
 from dist_geo.errors import DataError
+from dist_geo.logs import progress
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _write_panoramas(city: City, spec: WorldSpec, folder: Path, points: np.ndarr
                      crops: int, kind: str, seed: tuple[int, ...], namer: _Namer,
                      tag: str, per_folder: int = 0, limit: int | None = None) -> list[str]:
     names: list[str] = []
-    for p, (x, y) in enumerate(tqdm(points, desc=f"{kind} panoramas", unit="pano", leave=False)):
+    for p, (x, y) in enumerate(progress(points, desc=f"{kind} panoramas", unit="pano")):
         rng = np.random.default_rng((*seed, p))
         light = sample_lighting(rng, kind)
         for tile, (heading, img) in enumerate(
@@ -183,7 +183,7 @@ def _write_queries(city: City, spec: WorldSpec, folder: Path, segments: np.ndarr
     S = spec.image_size
     big = int(np.ceil(S * 1.3))  # margin so that a rolled image still fills the crop
     names = []
-    for q in tqdm(range(spec.queries), desc="night queries" if night else "queries", leave=False):
+    for q in progress(range(spec.queries), desc="night queries" if night else "queries"):
         rng = np.random.default_rng((*seed, q))
         x, y = _point_on_streets(segments, rng, lateral=3.0)
         heading, roll = rng.uniform(0, 360), rng.uniform(-6, 6)
