@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from dist_geo import __version__
-from dist_geo.bench_cli import BENCH_DIR
+from dist_geo.bench_cli import ALIASES, benchmarks
 from dist_geo.cli import SUBCOMMANDS, main
 from dist_geo.config import build_config, bundled_config
 
@@ -79,9 +79,10 @@ def test_tune_help_lists_the_bundled_sweeps(capsys):
         assert f"\n  {name} " in text
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in BENCH_DIR.glob("*.py")))
+@pytest.mark.parametrize("name", benchmarks())
 def test_bench_help_names_the_command(name, capsys):
-    assert _help(["bench", name], capsys).startswith(f"usage: dist-geo bench {name} ")
+    shown = {script: alias for alias, script in ALIASES.items()}.get(name, name)
+    assert _help(["bench", name], capsys).startswith(f"usage: dist-geo bench {shown} ")
 
 
 def test_config_show_is_the_resolved_config_with_meanings(capsys):
