@@ -8,7 +8,8 @@ from PIL import Image
 
 from dist_geo.data.groups import build_groups
 from dist_geo.data.synth import write_world
-from dist_geo.data.synth.render import Lighting, render
+from dist_geo.data.synth.render import Lighting, render, sample_lighting, to_uint8
+from dist_geo.data.synth.writer import PRESETS, _panorama_crops
 from dist_geo.data.synth.world import generate_city, street_segments
 from dist_geo.data.vg_format import list_images
 from dist_geo.errors import DataError
@@ -93,3 +94,15 @@ def test_appearance_depends_on_place_and_heading():
         turned.append(np.abs(base - view(x, y, h + 120)).mean())
     assert np.mean(near) < 0.6 * np.mean(far)
     assert np.mean(near) < 0.6 * np.mean(turned)
+
+
+def test_a_panorama_crop_shows_the_heading_its_name_says():
+    """The crop labelled heading h is what a camera at the same place looking at h sees."""
+    spec = PRESETS["tiny"]
+    city = generate_city(np.random.default_rng(0), 3, 3)
+    light = sample_lighting(np.random.default_rng(1), "train")
+    x, y = 7.0, 30.0  # on a street
+    for heading, crop in _panorama_crops(city, spec, x, y, 100.0, 4, light):
+        direct = to_uint8(render(city, x, y, heading, spec.fov, spec.image_size,
+                                 spec.image_size, light), light)
+        assert np.abs(crop.astype(int) - direct.astype(int)).max() <= 1, heading

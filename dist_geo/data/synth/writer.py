@@ -43,7 +43,7 @@ from dist_geo.logs import progress
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: panorama crops show the heading their names say (1 showed heading + 180)
 ZONE_NUMBER, ZONE_LETTER = 10, "S"  # San Francisco
 ORIGIN_EAST, ORIGIN_NORTH = 549500.0, 4179500.0  # UTM of the city's south-west corner
 TRAIN_HEADINGS = 12
@@ -148,7 +148,11 @@ def _panorama_crops(city: City, spec: WorldSpec, x: float, y: float, first_headi
     """`crops` views around (x, y), cut from one rendered panorama: (heading, uint8 image)."""
     S = spec.image_size
     width = round(S * 360 / spec.fov)
-    pano = to_uint8(render(city, x, y, first_heading - spec.fov / 2, 360.0, width, S, light), light)
+    # render's 360-degree panorama is centred on its heading: column 0 looks at heading - 180.
+    # Centring it on first_heading + 180 - fov/2 puts first_heading - fov/2 in column 0, so the
+    # crop starting at column c looks at first_heading + c * 360 / width, the heading it is named.
+    pano = to_uint8(render(city, x, y, first_heading + 180.0 - spec.fov / 2, 360.0, width, S,
+                           light), light)
     pano = np.concatenate([pano, pano[:, :S]], axis=1)  # wrap around
     out = []
     for j in range(crops):
