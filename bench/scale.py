@@ -58,8 +58,8 @@ from dist_geo.data.vg_format import images_paths_file, list_images
 from dist_geo.distributed import DistContext
 from dist_geo.model.partial_fc import build_head, memory_bytes
 from dist_geo.shards.writer import plan_samples, write_shards
-from dist_geo.train.engine import deepspeed_config
 from dist_geo.tracking import peak_memory_mb
+from dist_geo.train.engine import deepspeed_config
 from dist_geo.train.launch import launch_local
 from dist_geo.train.optim import build_optimizer
 
@@ -125,8 +125,8 @@ def measure_names(sizes: list[int], repeats: int, out: Path) -> tuple[list[dict]
 def head_rank(rank: int, world: int, classes: int, sample_rate: float, steps: int, port: int,
               device: str, out: str) -> None:
     """One rank: build the head and its Adam, time `steps` steps after one warm-up step."""
-    ctx = DistContext(rank=rank, world_size=world, local_rank=rank,
-                      device=torch.device("cuda", rank) if device == "cuda" else torch.device("cpu"))
+    on = torch.device("cuda", rank) if device == "cuda" else torch.device("cpu")
+    ctx = DistContext(rank=rank, world_size=world, local_rank=rank, device=on)
     if device == "cuda":
         torch.cuda.set_device(ctx.device)
     else:
@@ -150,8 +150,8 @@ def head_rank(rank: int, world: int, classes: int, sample_rate: float, steps: in
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    result = {"step_ms": 1000 * statistics.median(times[1:]), "bytes": memory_bytes(head, optimizer),
-              "peak_mb": peak_memory_mb(ctx.device) - base}
+    result = {"step_ms": 1000 * statistics.median(times[1:]),
+              "bytes": memory_bytes(head, optimizer), "peak_mb": peak_memory_mb(ctx.device) - base}
     Path(out.format(rank)).write_text(json.dumps(result))
     if world > 1:
         dist.destroy_process_group()
@@ -179,7 +179,7 @@ def measure_head(classes: int, world: int, sample_rate: float, steps: int, devic
 
 
 def head_goals(rows: list[dict]) -> list[dict]:
-    """Per-rank bytes at world w relative to world 1, for each (classes, sample_rate)."""
+    """Per-rank bytes and peak memory at world w relative to world 1, per (classes, sample_rate)."""
     one = {(r["classes"], r["sample_rate"]): r for r in rows if r["world"] == 1}
     return [
         {"classes": r["classes"], "world": r["world"], "sample_rate": r["sample_rate"],
@@ -190,7 +190,7 @@ def head_goals(rows: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- scaling
-def batch_size_key(per_rank: int, nproc: int, base: Any) -> int:
+def batch_size_key(per_rank: int, nproc: int, base: dict[str, Any]) -> int:
     """The `train.batch_size` giving `per_rank` images per rank: the global batch per_rank *
     nproc when the key means the global batch, else per_rank (read from the engine's config)."""
     probe = build_config(base=base, overrides=[f"train.batch_size={per_rank * nproc}"])
@@ -222,7 +222,7 @@ def measure_scaling(args: argparse.Namespace, out: Path) -> dict:
         load[str(nproc)] = round(os.getloadavg()[0], 1)
     return {
         "images_per_s": ips, "efficiency": round(ips[str(ranks[-1])] / ips["1"], 2),
-        "load_avg_1min_after": load, 
+        "load_avg_1min_after": load,
         "batch_per_rank": args.batch, "image_size": args.image_size, "epochs": args.epochs,
         "iterations_per_epoch": args.iterations, "device": args.device, "loader": args.loader,
         "workers": args.workers,

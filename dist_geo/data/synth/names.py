@@ -23,7 +23,9 @@ import utm
 
 from dist_geo.atomic import atomic_path
 from dist_geo.data.synth.world import grid_segments, points_along
-from dist_geo.data.synth.writer import ORIGIN_EAST, ORIGIN_NORTH, TRAIN_HEADINGS, ZONE_LETTER, ZONE_NUMBER
+from dist_geo.data.synth.writer import (
+    ORIGIN_EAST, ORIGIN_NORTH, TRAIN_HEADINGS, ZONE_LETTER, ZONE_NUMBER,
+)
 from dist_geo.data.vg_format import format_name, images_paths_file
 
 BLOCK, STREET = 110.0, 14.0  # 110 m pitch: streets fall in every residue of CosPlace's 50 m period
@@ -49,7 +51,8 @@ def street_grid_names(n: int, seed: int = 0, panos_per_cell: float = 15.0) -> It
         lat, lon = utm.to_latlon(east, north, ZONE_NUMBER, ZONE_LETTER)
         first_heading = rng.uniform(0, 360, count)
         ids = ["".join(c) for c in ID_CHARS[rng.integers(0, len(ID_CHARS), (count, 22))]]
-        stamps = [f"{y}{m:02d}" for y, m in zip(rng.integers(2009, 2022, count), rng.integers(1, 13, count))]
+        stamps = [f"{y}{m:02d}" for y, m in zip(rng.integers(2009, 2022, count),
+                                                 rng.integers(1, 13, count))]
         for p in range(count):
             for tile in range(min(TRAIN_HEADINGS, left)):
                 yield format_name(east[p], north[p], ZONE_NUMBER, ZONE_LETTER, lat[p], lon[p],
