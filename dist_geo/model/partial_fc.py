@@ -61,6 +61,7 @@ from dist_geo.distributed import DistContext
 from dist_geo.model.margins import margin_from_config
 
 INIT_BLOCK = 4096  # classes per init generator: the init is independent of the world size
+NORM_EPS = 1e-12  # F.normalize's default
 
 
 def class_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
@@ -104,6 +105,35 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.scale, None
+
+
+class _RowCosine(torch.autograd.Function):
+    """cos [N, C] of unit rows x [N, D] against the rows of `weight` [C, D]: x w_c / |w_c|.
+
+    Memory: autograd through F.linear(x, F.normalize(weight)) keeps the normalised copy of the
+    weight until backward, which then adds two more weight-sized buffers; with a rank's shard of
+    a million classes that is gigabytes. Here the copy lives only while the cosines are
+    computed (so they are the same numbers as before, bit for bit), and the weight's gradient
+    is built in one buffer: dcos_ic/dw_c = (x_i - cos_ic w_c / |w_c|) / |w_c| (no norm term
+    where F.normalize's eps clamps the norm).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        cos = F.linear(x, F.normalize(weight))
+        norm = weight.norm(dim=1)
+        ctx.save_for_backward(x, weight, norm.clamp_min(NORM_EPS).reciprocal(), cos,
+                              norm > NORM_EPS)
+        return cos
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, weight, inv_norm, cos, unclamped = ctx.saved_tensors
+        g = grad * inv_norm
+        grad_weight = g.t() @ x
+        along = (g * cos).sum(dim=0) * inv_norm * unclamped  # no norm gradient where clamped
+        grad_weight.addcmul_(weight, along[:, None], value=-1.0)
+        return g @ weight, grad_weight
 
 
 class _ShardedSoftmaxCE(torch.autograd.Function):
@@ -209,7 +239,7 @@ class ShardedMarginHead(nn.Module):
             self.sample_step += 1
         # float32 whatever the engine's precision or autocast: s=64 logits need the range
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            cos = F.linear(F.normalize(embeddings.float()), F.normalize(weight.float()))
+            cos = _RowCosine.apply(F.normalize(embeddings.float()), weight.float())
             target = torch.zeros_like(cos, dtype=torch.bool)
             rows = (target_col >= 0).nonzero(as_tuple=True)[0]
             target[rows, target_col[rows]] = True
@@ -230,6 +260,16 @@ class ShardedMarginHead(nn.Module):
         dist.all_gather(gathered, padded)
         ranges = [class_range(self.num_classes, r, self.world_size) for r in range(self.world_size)]
         return torch.cat([g[: end - start] for g, (start, end) in zip(gathered, ranges)])
+
+
+def memory_bytes(head: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Bytes this rank holds for a head between steps: its parameters and, with `optimizer`,
+    their optimizer state (Adam: exp_avg, exp_avg_sq, step), summed over the tensors
+    themselves. Gradients are not counted: the trainer frees them after every step."""
+    params = list(head.parameters())
+    state = [optimizer.state.get(p, {}) for p in params] if optimizer is not None else []
+    return sum(p.nbytes for p in params) + sum(
+        v.nbytes for s in state for v in s.values() if torch.is_tensor(v))
 
 
 def build_head(

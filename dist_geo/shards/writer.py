@@ -38,6 +38,7 @@ from webdataset import TarWriter
 from wds2idx import IndexCreator
 
 from dist_geo.atomic import atomic_path, write_json
+from dist_geo.bulk import gc_paused
 from dist_geo.checksums import sha256_file
 from dist_geo.config import DataConfig
 from dist_geo.data.groups import Group, build_groups
@@ -55,6 +56,11 @@ MANIFEST_VERSION = 1
 
 def plan_samples(group: Group, sampling: str, rng: random.Random) -> list[tuple[int, ImageRecord]]:
     """The group's sample sequence as (local class index, image), see the module docstring."""
+    with gc_paused():  # a tuple per sample, millions for a large group (dist_geo/bulk.py)
+        return _plan(group, sampling, rng)
+
+
+def _plan(group: Group, sampling: str, rng: random.Random) -> list[tuple[int, ImageRecord]]:
     if sampling == "image_uniform":
         samples = [(c, img) for c, imgs in enumerate(group.images) for img in imgs]
         rng.shuffle(samples)
@@ -179,6 +185,7 @@ def write_shards(dataset_root: str | Path, out_dir: str | Path, data_cfg: DataCo
     params = {"dataset": str(dataset_root), "split": split, **shard_params(data_cfg)}
     _claim(out_dir, params)
     records, bad_names = list_images(dataset_root / split, skip_bad=data_cfg.skip_bad)
+    num_images = len(records)
     groups = build_groups(records, data_cfg.M, data_cfg.alpha, data_cfg.N, data_cfg.L,
                           data_cfg.min_images_per_class, cache_dir=out_dir / "groups_cache")
     if len(groups) < data_cfg.groups_num:
@@ -186,9 +193,12 @@ def write_shards(dataset_root: str | Path, out_dir: str | Path, data_cfg: DataCo
             f"{dataset_root / split}: only {len(groups)} groups with classes of >= "
             f"{data_cfg.min_images_per_class} images, data.groups_num={data_cfg.groups_num}"
         )
+    # From here on only the written groups' images are needed (SF-XL: 8 groups of 50, a sixth
+    # of its 41M records): the rest are freed before the hours of writing.
+    del records, groups[data_cfg.groups_num:]
     manifest = {
         "version": MANIFEST_VERSION, **params,
-        "num_images": len(records), "skipped_names": bad_names,
+        "num_images": num_images, "skipped_names": bad_names,
         "groups": [_write_group(g, groups[g], out_dir, data_cfg, data_cfg.skip_bad)
                    for g in range(data_cfg.groups_num)],
     }

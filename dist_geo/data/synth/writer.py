@@ -36,7 +36,7 @@ from PIL import Image
 from dist_geo.atomic import atomic_dir, write_text
 from dist_geo.data.synth.effects import add_noise, occlude, roll_crop
 from dist_geo.data.synth.render import Lighting, render, sample_lighting, to_uint8
-from dist_geo.data.synth.world import City, generate_city, street_segments
+from dist_geo.data.synth.world import City, generate_city, points_along, street_segments
 from dist_geo.data.vg_format import format_name, images_paths_file
 from dist_geo.errors import DataError
 from dist_geo.logs import progress
@@ -104,16 +104,9 @@ def _points_on_streets(segments: np.ndarray, n: int, rng: np.random.Generator,
                        lateral: float) -> np.ndarray:
     """n points [n, 2] stratified along the street centre lines (one per n-th of their length,
     so every 10 m cell gets about as many), each moved up to `lateral` m across the street."""
-    lengths = np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
-    ends = np.cumsum(lengths)
-    arc = (np.arange(n) + rng.random(n)) * ends[-1] / n
-    seg = np.minimum(np.searchsorted(ends, arc, side="right"), len(segments) - 1)
-    s = (arc - (ends[seg] - lengths[seg])) / lengths[seg]
-    x0, y0, x1, y1 = segments[seg].T
-    off = rng.uniform(-lateral, lateral, n)
-    vertical = x0 == x1
-    return np.stack([x0 + s * (x1 - x0) + np.where(vertical, off, 0.0),
-                     y0 + s * (y1 - y0) + np.where(vertical, 0.0, off)], axis=1)
+    total = np.cumsum(np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1]))[-1]
+    arc = (np.arange(n) + rng.random(n)) * total / n
+    return points_along(segments, arc, rng.uniform(-lateral, lateral, n))
 
 
 def _grid_points(segments: np.ndarray, spacing: float) -> np.ndarray:
