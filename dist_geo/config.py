@@ -9,6 +9,7 @@ side by side.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ def _choice(default: Any, *choices: Any) -> Any:
 
 def _range(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
     return field(default=default, metadata={"min": lo, "max": hi})
+
+
+def _items(default: list[Any], lo: float) -> Any:
+    """A list field that must not be empty and whose every item is at least `lo`."""
+    return field(default_factory=lambda: list(default), metadata={"min": lo, "min_len": 1})
 
 
 @dataclass
@@ -149,7 +155,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     positive_dist_threshold: float = _range(25.0, 0.0)
-    recall_values: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    recall_values: list[int] = _items([1, 5, 10, 20], 1)
     batch_size: int = _range(32, 1)
     image_size: int = _range(0, 0)  # resize the shorter side to this; 0 = native size
     index: str = _choice("flat", "flat", "ivfpq", "hnsw")
@@ -251,11 +257,29 @@ def parse_override(text: str) -> dict[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{text}' is not of the form section.key=value")
-    return _nest(key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    try:
+        value = safe_load(raw) if raw.strip() else ""
+    except (ConfigError, yaml.YAMLError) as e:
+        raise ConfigError(f"override '{text}': {str(e).splitlines()[0]}") from None
+    return _nest(key.strip(), value)
+
+
+def _check_value(value: Any, meta: Any, where: str, origin: str) -> None:
+    """One scalar against its field's declared choices and range; numbers must be finite."""
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{origin}{where}={value!r} is not one of {', '.join(map(str, choices))}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{origin}{where}={value!r} is not a finite number")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{origin}{where}={value!r} is below its minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{origin}{where}={value!r} is above its maximum {hi}")
 
 
 def validate(cfg: Any, prefix: str = "", sources: dict[str, str] | None = None) -> None:
-    """Check every field's declared choices and range, recursively.
+    """Check every field's declared choices and range, recursively (list fields item by item).
 
     `sources` (key -> the file or "command line" that set it) lets the message name its origin.
     """
@@ -266,24 +290,43 @@ def validate(cfg: Any, prefix: str = "", sources: dict[str, str] | None = None) 
             validate(value, where + ".", sources)
             continue
         origin = f"{sources[where]}: " if sources and sources.get(where) else ""
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(
-                f"{origin}{where}={value!r} is not one of {', '.join(map(str, choices))}"
-            )
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if lo is not None and value < lo:
-            raise ConfigError(f"{origin}{where}={value!r} is below its minimum {lo}")
-        if hi is not None and value > hi:
-            raise ConfigError(f"{origin}{where}={value!r} is above its maximum {hi}")
+        if not isinstance(value, list):
+            _check_value(value, f.metadata, where, origin)
+            continue
+        if len(value) < f.metadata.get("min_len", 0):
+            raise ConfigError(f"{origin}{where}={value!r} must not be empty")
+        for i, item in enumerate(value):
+            _check_value(item, f.metadata, f"{where}[{i}]", origin)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping: PyYAML keeps the last one
+    silently, so `lr: 1e-3` ... `lr: 1e-5` would train with a value the reader did not see."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"duplicate key '{key}' (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """`yaml.safe_load` that refuses duplicate keys (ConfigError naming the key)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
@@ -304,8 +347,9 @@ def build_config(
     if base:
         _merge(cfg, base, "", "", sources)  # the caller names where a base mapping came from
     if path:
+        values = load_yaml(path)  # its errors name the file already
         try:
-            _merge(cfg, load_yaml(path), "", str(path), sources)
+            _merge(cfg, values, "", str(path), sources)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     for text in overrides:
@@ -351,5 +395,5 @@ __all__ = [
     "AugmentConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig",
     "ModelConfig", "OptimConfig", "SchedConfig", "TrackingConfig", "TrainConfig",
     "build_config", "bundled_config", "flatten", "from_dict", "load_yaml", "parse_override",
-    "save_config", "to_dict", "validate",
+    "safe_load", "save_config", "to_dict", "validate",
 ]
