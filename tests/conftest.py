@@ -17,11 +17,26 @@ min_images_per_class=2 keeps all 828 classes (2400 images), =4 keeps 132 classes
 """
 from __future__ import annotations
 
+import io
+import struct
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from dist_geo.data.synth import write_world
+
+
+@pytest.fixture(scope="session")
+def bomb_jpeg() -> bytes:
+    """A decompression bomb: a JPEG of a few hundred bytes whose header says 30000 x 30000
+    pixels (2.7 GB decoded as RGB)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 90, 60)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.find(b"\xff\xc0")  # baseline frame header: marker, length, precision, H, W
+    data[sof + 5:sof + 9] = struct.pack(">HH", 30000, 30000)
+    return bytes(data)
 
 
 @pytest.fixture(scope="session")

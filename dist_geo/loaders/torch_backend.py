@@ -58,6 +58,7 @@ class ShardStream(IterableDataset):
         self.seed, self.start_batch, self.passes, self.decode = seed, start_batch, passes, decode
         self.batch_size = cfg.train.per_rank_batch(share.world)
         self.buffer = cfg.data.shuffle_buffer
+        self.max_pixels = cfg.data.max_image_pixels
         self.transform = torch_transform(cfg.data.augment, cfg.data.image_size)
         self.faults: list[Fault] = []
 
@@ -97,7 +98,7 @@ class ShardStream(IterableDataset):
             try:
                 item = {"key": sample["__key__"], "label": decode_label(sample["cls"])}
                 if self.decode:
-                    image = decode_rgb(sample["jpg"])
+                    image = decode_rgb(sample["jpg"], self.max_pixels)
                     with torch.random.fork_rng(devices=[]):  # the CPU generator only:
                         torch.default_generator.manual_seed(derive_seed(self.seed, role, n))
                         item["image"] = self.transform(image)

@@ -106,3 +106,18 @@ def test_cli_short_overrides(train_root, tmp_path, capsys):
     assert cli_main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["groups"] == 2 and read_manifest(out)["shard_size"] == 4
+
+
+def test_decompression_bomb_is_refused_then_skipped_on_the_rerun(
+        train_root, shard_overrides, tmp_path, bomb_jpeg, capsys):
+    victim = sorted((train_root / "train").iterdir())[0]
+    victim.write_bytes(bomb_jpeg)
+    argv = ["shard", str(train_root), str(tmp_path / "shards"), *shard_overrides]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dist-geo shard: error: {victim}: refused: its header promises 900000000 "
+                   "pixels, more than data.max_image_pixels=89478485")
+    assert cli_main(argv + ["--skip-bad"]) == 0  # into the same folder
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    skipped = [p for g in read_manifest(tmp_path / "shards")["groups"] for p in g["skipped_images"]]
+    assert set(skipped) == {str(victim)} and summary["skipped"] == len(skipped)  # each time met
