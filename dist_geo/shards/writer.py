@@ -155,9 +155,13 @@ def _write_group(g: int, group: Group, out_dir: Path, data_cfg: DataConfig,
 
 
 def _claim(out_dir: Path, params: dict[str, Any]) -> None:
-    """Record what this folder holds; refuse to mix shards of other parameters into it."""
+    """Record what this folder holds; refuse to mix shards of other parameters into it.
+
+    Only finished shards are worth protecting: a run that failed before writing any (a bad
+    image, too few groups) leaves its parameters to be replaced by the corrected run's.
+    """
     path = out_dir / PARAMS
-    if path.exists():
+    if path.exists() and any(out_dir.glob("group_*/shard-*.tar")):
         old = json.loads(path.read_text())
         if old != params:
             diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
