@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
+from dist_geo.atomic import write_json
+from dist_geo.checksums import checksum_files
+from dist_geo.config import build_config, save_config
 from dist_geo.data.synth import write_world
+from dist_geo.model.checkpoint import FORMAT, MANIFEST
+from dist_geo.model.network import build_model
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +50,37 @@ def bomb_jpeg() -> bytes:
 def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root folder of the tiny synthetic world (read-only: tests must not write into it)."""
     return write_world(tmp_path_factory.mktemp("tiny_world"), seed=0, preset="tiny")
+
+
+def _seal(folder: Path, **manifest) -> Path:
+    """(Re)write a checkpoint folder's manifest with the sha256 of the files there now."""
+    (folder / MANIFEST).unlink(missing_ok=True)
+    write_json(folder / MANIFEST, {"format": FORMAT, "world_size": 1, "zero_stage": 0,
+                                   "position": {"epoch": 1, "batch": 0, "step": 2},
+                                   "mlflow_run_id": "", "groups": [], **manifest,
+                                   "files": checksum_files(folder)})
+    return folder
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path: Path) -> Callable[..., Path]:
+    """`make_checkpoint(**manifest)`: a checkpoint folder with what evaluation reads
+    (config.yaml of a 16-d resnet18, model.pt, the manifest), in <tmp>/run/checkpoints/best,
+    training's train.out being <tmp>/run."""
+    def make(**manifest) -> Path:
+        cfg = build_config(overrides=["model.fc_output_dim=16", f"train.out={tmp_path / 'run'}"])
+        folder = tmp_path / "run" / "checkpoints" / "best"
+        folder.mkdir(parents=True)
+        save_config(cfg, folder / "config.yaml")
+        torch.manual_seed(0)
+        torch.save(build_model(cfg.model).state_dict(), folder / "model.pt")
+        return _seal(folder, **manifest)
+
+    return make
+
+
+@pytest.fixture
+def seal() -> Callable[..., Path]:
+    """`seal(folder, **manifest)`: rewrite a checkpoint's manifest over its files as they are
+    now (a tampered file that a forger re-hashed)."""
+    return _seal

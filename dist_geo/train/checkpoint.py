@@ -246,8 +246,9 @@ def reslice_checkpoint(src: str | Path, dst: str | Path, new_world: int) -> Path
     with atomic_dir(dst) as tmp:
         for name in manifest["files"]:
             if not name.startswith(("heads/", "rng/")):
+                source = verified_file(src, manifest, name)  # inside src, and intact
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / name, tmp / name)
+                shutil.copy2(source, tmp / name)
         for g in range(len(manifest["groups"])):
             parts = [load_file(src, manifest, head_file(g, r))
                      for r in range(manifest["world_size"])]
@@ -257,7 +258,8 @@ def reslice_checkpoint(src: str | Path, dst: str | Path, new_world: int) -> Path
             old_r = r if r < manifest["world_size"] else 0
             for ext in ("pt", "json"):
                 (tmp / "rng").mkdir(exist_ok=True)
-                shutil.copy2(src / f"rng/rank_{old_r:03d}.{ext}", tmp / f"rng/rank_{r:03d}.{ext}")
+                shutil.copy2(verified_file(src, manifest, f"rng/rank_{old_r:03d}.{ext}"),
+                             tmp / f"rng/rank_{r:03d}.{ext}")
         _seal(tmp, {**manifest, "world_size": new_world})
     return dst
 
