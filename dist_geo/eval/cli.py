@@ -22,7 +22,7 @@ from dist_geo.eval.loading import load_for_eval
 from dist_geo.eval.plots import plot_recall_curves, plot_retrievals
 from dist_geo.eval.raw_pixels import raw_pixel_baseline
 from dist_geo.eval.report import log_to_mlflow, print_table
-from dist_geo.model.checkpoint import load_config, resolve
+from dist_geo.model.checkpoint import config_file, load_config
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,13 @@ def eval_config(args: argparse.Namespace) -> Config:
     checkpoint = Path(args.checkpoint)
     if args.config or not checkpoint.is_dir():
         return config_from_args(args)
-    return build_config(resolve(checkpoint) / "config.yaml", args.overrides)
+    return build_config(config_file(checkpoint), args.overrides)
 
 
 def _tracking_config(cfg: Config, checkpoint: Path, run_id: str) -> Config:
-    """Log into the store the checkpoint's run lives in, unless a store was given."""
-    if not run_id or cfg.tracking.uri:
+    """Log into the store the checkpoint's run lives in, unless a store was given or
+    tracking is off."""
+    if not run_id or cfg.tracking.uri or not cfg.tracking.enabled:
         return cfg
     trained = load_config(checkpoint)
     return replace(cfg, tracking=trained.tracking, train=replace(cfg.train, out=trained.train.out))
