@@ -142,6 +142,12 @@ class TrainConfig:
     log_every: int = _range(10, 1)  # steps between loss reports (the only host syncs of a step)
     deepspeed_config: str = ""  # JSON merged over the DeepSpeed config derived from these keys
     keep_epoch_checkpoints: bool = False  # also keep checkpoints/epoch_NNN at each epoch end
+    # A train.out that holds checkpoints is refused unless resumed or explicitly replaced:
+    # true deletes its checkpoints and starts over.
+    overwrite: bool = False
+    # A loss that is NaN or inf for this many steps in a row stops the run (no checkpoint of
+    # it is written); checked when the loss is read (log_every), so no step waits for it.
+    max_nonfinite_steps: int = _range(3, 1)
 
     def per_rank_batch(self, world_size: int) -> int:
         """Each rank's share of the global `batch_size`; it must divide evenly."""

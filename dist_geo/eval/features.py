@@ -33,6 +33,7 @@ from dist_geo.errors import DataError
 from dist_geo.eval.night import preprocess_night
 from dist_geo.loaders.augment import IMAGENET_MEAN, IMAGENET_STD
 from dist_geo.shards.reading import decode_rgb
+from dist_geo.signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,8 @@ def _describe_group(module: nn.Module, group: list[Item], views: Views | None,
                            dim=1)
     except RuntimeError as e:
         h, w = images.shape[-2:]
-        raise DataError(f"{files.paths[group[0][1]]}: a {w}x{h} image cannot go through the network "
-                        f"({str(e).splitlines()[0]})") from None
+        raise DataError(f"{files.paths[group[0][1]]}: a {w}x{h} image cannot go through the "
+                        f"network ({str(e).splitlines()[0]})") from None
 
 
 def _shared_faults(faults: list[tuple[int, str]], ctx: DistContext) -> list[tuple[int, str]]:
@@ -162,6 +163,7 @@ def extract_descriptors(
     loader = DataLoader(
         files, batch_size=batch_size, num_workers=num_workers, collate_fn=list,
         pin_memory=ctx.device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,  # a stop signal during validation waits for it
     )
     rows: dict[int, torch.Tensor] = {}
     faults: list[tuple[int, str]] = []

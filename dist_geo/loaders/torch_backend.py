@@ -33,6 +33,7 @@ from dist_geo.loaders.augment import torch_transform
 from dist_geo.loaders.contract import FaultCounter, RankShards, derive_seed
 from dist_geo.shards.manifest import decode_label
 from dist_geo.shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
+from dist_geo.signals import ignore_stop_signals
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class TorchTrainLoader:
         self._loader = DataLoader(
             stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
             persistent_workers=False, prefetch_factor=2 if workers else None,
+            worker_init_fn=ignore_stop_signals,  # the rank finishes its step on SIGTERM/SIGINT
         )
         self._iter = iter(self._loader)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from dist_geo.config import Config, ConfigError, save_config
 from dist_geo.errors import DistGeoError
+from dist_geo.train.checkpoint import check_run_folder
 
 CPU_PROCESSES = 2  # gloo ranks on a machine without GPUs: the data-parallel path, exercised
 
@@ -59,8 +60,11 @@ def start_local(
     The config is saved to `<train.out>/launch_config.yaml`, rank 0's result goes to
     `<train.out>/result.json`, and with `epoch_log` rank 0 appends one JSON line per finished
     epoch to that file (what a Ray Tune trial follows). `threads_per_process` sets
-    OMP_NUM_THREADS for the workers (default: torchrun's choice, 1 when nproc > 1).
+    OMP_NUM_THREADS for the workers (default: torchrun's choice, 1 when nproc > 1). A
+    `train.out` holding an earlier run is refused here already (CheckpointError), before any
+    rank starts.
     """
+    check_run_folder(cfg)
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
     config_path, result_path = out / "launch_config.yaml", out / "result.json"
