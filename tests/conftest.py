@@ -18,10 +18,13 @@ min_images_per_class=2 keeps all 828 classes (2400 images), =4 keeps 132 classes
 from __future__ import annotations
 
 import io
+import ipaddress
+import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -84,3 +87,42 @@ def seal() -> Callable[..., Path]:
     """`seal(folder, **manifest)`: rewrite a checkpoint's manifest over its files as they are
     now (a tampered file that a forger re-hashed)."""
     return _seal
+
+
+def _open_ports(pids: Iterable[int]) -> set[tuple[str, str, int]]:
+    """(process name, address, port) of every TCP socket the processes `pids` (and their
+    descendants) listen on, and every UDP socket they have bound."""
+    family: set[int] = set()
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            family |= {pid, *(child.pid for child in process.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            continue
+    found = set()
+    for c in psutil.net_connections("inet"):
+        listening = c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr)
+        if c.pid in family and listening:
+            try:
+                found.add((psutil.Process(c.pid).name(), c.laddr.ip, c.laddr.port))
+            except psutil.NoSuchProcess:
+                continue
+    return found
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, a dual-stack socket
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+@pytest.fixture
+def open_ports() -> Callable[[Iterable[int]], set[tuple[str, str, int]]]:
+    """`open_ports(pids)`: what those processes and their descendants listen on, now."""
+    return _open_ports
+
+
+@pytest.fixture
+def loopback() -> Callable[[str], bool]:
+    """`loopback(ip)`: whether a listening address is reachable from this machine only."""
+    return _loopback
