@@ -67,6 +67,7 @@ def run_dist_geo(variant: str, overrides: list[str], seed: int, device: str, out
     cfg = build_config(overrides=[
         *overrides, f"data.loader={loader}", f"train.precision={precision}",
         f"train.seed={seed}", f"train.device={device}", f"train.out={out}",
+        "train.overwrite=true",  # a benchmark measures a fresh run every time
     ])
     epoch_log = out / "epochs.jsonl"
     epoch_log.unlink(missing_ok=True)

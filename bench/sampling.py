@@ -39,7 +39,7 @@ def main() -> None:
         cfg = build_config(bundled_config("demo"), [
             f"data.dataset={world}", f"data.shards={out / layout / 'shards'}",
             f"data.sampling={layout}", f"train.out={out / layout / 'train'}",
-            "tracking.enabled=false", *args.overrides,
+            "tracking.enabled=false", "train.overwrite=true", *args.overrides,
         ])
         manifest = write_shards(world, cfg.data.shards, cfg.data)
         started = time.perf_counter()

@@ -9,6 +9,7 @@ declaration and `dist-geo config show` (dist_geo/config_cli.py) read one place.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,11 @@ def _choice(default: Any, *choices: Any, doc: str) -> Any:
 
 def _range(default: Any, lo: float | None = None, hi: float | None = None, *, doc: str) -> Any:
     return _key(default, doc, min=lo, max=hi)
+
+
+def _items(default: list[Any], lo: float, *, doc: str) -> Any:
+    """A list key that must not be empty and whose every item is at least `lo`."""
+    return _key(default, doc, min=lo, min_len=1)
 
 
 @dataclass
@@ -166,6 +172,10 @@ class TrainConfig:
     deepspeed_config: str = _key("", "JSON merged over the DeepSpeed config derived from these "
                                  "keys")
     keep_epoch_checkpoints: bool = _key(False, "also keep checkpoints/epoch_NNN at each epoch end")
+    overwrite: bool = _key(False, "a train.out holding checkpoints is refused unless resumed or "
+                           "this is true (it deletes them and starts over)")
+    max_nonfinite_steps: int = _range(3, 1, doc="a loss NaN or inf for this many steps in a row "
+                                      "stops the run, unsaved (checked when the loss is read)")
 
     def per_rank_batch(self, world_size: int) -> int:
         """Each rank's share of the global `batch_size`; it must divide evenly."""
@@ -182,7 +192,7 @@ class EvalConfig:
 
     positive_dist_threshold: float = _range(25.0, 0.0,
                                             doc="metres within which a database image is right")
-    recall_values: list[int] = _key([1, 5, 10, 20], "the N of recall@N")
+    recall_values: list[int] = _items([1, 5, 10, 20], 1, doc="the N of recall@N")
     batch_size: int = _range(32, 1, doc="images per descriptor batch")
     image_size: int = _range(0, 0, doc="resize the shorter side to this; 0 = native size")
     index: str = _choice("flat", "flat", "ivfpq", "hnsw",
@@ -291,11 +301,29 @@ def parse_override(text: str) -> dict[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{text}' is not of the form section.key=value")
-    return _nest(key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    try:
+        value = safe_load(raw) if raw.strip() else ""
+    except (ConfigError, yaml.YAMLError) as e:
+        raise ConfigError(f"override '{text}': {str(e).splitlines()[0]}") from None
+    return _nest(key.strip(), value)
+
+
+def _check_value(value: Any, meta: Any, where: str, origin: str) -> None:
+    """One scalar against its field's declared choices and range; numbers must be finite."""
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{origin}{where}={value!r} is not one of {', '.join(map(str, choices))}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{origin}{where}={value!r} is not a finite number")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{origin}{where}={value!r} is below its minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{origin}{where}={value!r} is above its maximum {hi}")
 
 
 def validate(cfg: Any, prefix: str = "", sources: dict[str, str] | None = None) -> None:
-    """Check every field's declared choices and range, recursively.
+    """Check every field's declared choices and range, recursively (list fields item by item).
 
     `sources` (key -> the file or "command line" that set it) lets the message name its origin.
     """
@@ -306,24 +334,43 @@ def validate(cfg: Any, prefix: str = "", sources: dict[str, str] | None = None) 
             validate(value, where + ".", sources)
             continue
         origin = f"{sources[where]}: " if sources and sources.get(where) else ""
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(
-                f"{origin}{where}={value!r} is not one of {', '.join(map(str, choices))}"
-            )
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if lo is not None and value < lo:
-            raise ConfigError(f"{origin}{where}={value!r} is below its minimum {lo}")
-        if hi is not None and value > hi:
-            raise ConfigError(f"{origin}{where}={value!r} is above its maximum {hi}")
+        if not isinstance(value, list):
+            _check_value(value, f.metadata, where, origin)
+            continue
+        if len(value) < f.metadata.get("min_len", 0):
+            raise ConfigError(f"{origin}{where}={value!r} must not be empty")
+        for i, item in enumerate(value):
+            _check_value(item, f.metadata, f"{where}[{i}]", origin)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping: PyYAML keeps the last one
+    silently, so `lr: 1e-3` ... `lr: 1e-5` would train with a value the reader did not see."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"duplicate key '{key}' (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """`yaml.safe_load` that refuses duplicate keys (ConfigError naming the key)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
@@ -344,8 +391,9 @@ def build_config(
     if base:
         _merge(cfg, base, "", "", sources)  # the caller names where a base mapping came from
     if path:
+        values = load_yaml(path)  # its errors name the file already
         try:
-            _merge(cfg, load_yaml(path), "", str(path), sources)
+            _merge(cfg, values, "", str(path), sources)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     for text in overrides:
@@ -391,5 +439,5 @@ __all__ = [
     "AugmentConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig",
     "ModelConfig", "OptimConfig", "SchedConfig", "TrackingConfig", "TrainConfig",
     "build_config", "bundled_config", "flatten", "from_dict", "load_yaml", "parse_override",
-    "save_config", "to_dict", "validate",
+    "safe_load", "save_config", "to_dict", "validate",
 ]

@@ -2,7 +2,7 @@
 
     synthesise the world (cached)       dist_geo.data.synth.write_world
     shard its train split per group     dist_geo.shards.writer.write_shards (finished ones kept)
-    train with N data-parallel ranks    dist_geo.train.launch_local (torchrun; gloo on CPU)
+    train with N data-parallel ranks    dist_geo.train.launch_local (local ranks; gloo on CPU)
     test the best model                 (inside training: test and test-night, logged to MLflow)
     the two baselines on the same data  untrained network (the trained one's initial weights)
                                         and nearest neighbour on 32x32 grey thumbnails

@@ -34,13 +34,14 @@ def parse(module: ModuleType, command: str, summary: str,
 
 
 def run(module: ModuleType, args: argparse.Namespace, verbose: bool = False) -> int:
-    """`module.main(args)` with logging set up; its exit code (2 for a DistGeoError)."""
+    """`module.main(args)` with logging set up; its exit code (2 for a DistGeoError, or the
+    error's own `exit_code`: 128 + the signal for a run a signal stopped)."""
     setup_logging(verbose)
     try:
         return int(module.main(args) or 0)
     except DistGeoError as e:
         print(f"dist-geo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"dist-geo {args.command}: interrupted", file=sys.stderr)
         return 130

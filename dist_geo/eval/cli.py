@@ -24,7 +24,7 @@ from dist_geo.eval.loading import load_for_eval
 from dist_geo.eval.plots import Models, plot_recall_curves, plot_retrievals
 from dist_geo.eval.raw_pixels import raw_pixel_baseline
 from dist_geo.eval.report import DEMO_MODELS, Metrics, log_evaluation, print_table
-from dist_geo.model.checkpoint import resolve
+from dist_geo.model.checkpoint import config_file
 from dist_geo.tracking import store_uri
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def eval_config(args: argparse.Namespace) -> Config:
     checkpoint = Path(args.checkpoint)
     if args.config or not checkpoint.is_dir():
         return config_from_args(args)
-    return build_config(resolve(checkpoint) / "config.yaml", args.overrides)
+    return build_config(config_file(checkpoint), args.overrides)
 
 
 def evaluation_store(cfg: Config, checkpoint: Path, out: Path) -> str:

@@ -226,7 +226,10 @@ class ShardedMarginHead(nn.Module):
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
         embeddings, labels = self._gather(local_embeddings, local_labels)
-        if labels.min() < 0 or labels.max() >= self.num_classes:
+        valid = ((labels >= 0) & (labels < self.num_classes)).all()
+        if labels.is_cuda:  # checked on the device: reading it here would wait for the GPU
+            torch._assert_async(valid, f"labels must be in [0, {self.num_classes})")
+        elif not valid:
             raise ValueError(
                 f"labels must be in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]"
             )

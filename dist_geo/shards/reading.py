@@ -4,8 +4,9 @@ webdataset's own tar expander hands its error handler an exception that names th
 the member being read, so a truncated shard could not be reported by key. This reader (used by
 `verify_shards` and the torch loader) streams the tar with `tarfile` and groups the members of
 a sample by key, as webdataset does (`<key>.<ext>`, members of a key contiguous).
-`decode_rgb` is the one image decoder of the torch loader, the verifier and the DALI loader's
-search for the sample its decoder failed on, so all three reject the same images.
+`decode_rgb` is the one image decoder of the torch loader, evaluation, the verifier and the
+DALI loader's search for the sample its decoder failed on, so all of them reject the same
+images; it checks the header's pixel count before decoding (dist_geo/images.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from typing import Any
 
 import torch
 from torchvision.io import ImageReadMode, decode_image
+
+from dist_geo.config import DataConfig
+from dist_geo.images import open_checked
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,11 @@ class ShardReadError(Exception):
         self.fault = fault
 
 
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """A uint8 [3, H, W] image from encoded bytes; ValueError saying why it cannot be decoded."""
+def decode_rgb(data: bytes, max_pixels: int = DataConfig.max_image_pixels) -> torch.Tensor:
+    """A uint8 [3, H, W] image from encoded bytes; ValueError saying why it cannot be decoded
+    (dist_geo.images.ImageError when its header promises more than `max_pixels` pixels)."""
+    with open_checked(data, max_pixels):  # the header only, before any pixel is decoded
+        pass
     try:
         return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as e:

@@ -14,12 +14,16 @@ One run, top to bottom:
 Exact resume: a checkpoint holds the network, all heads, all optimizers, the lr schedule,
 every rank's RNG states and the loader position (epoch, batch); the loader is deterministic in
 (seed, epoch, rank) and skips the batches already done, so 1 epoch + resume + 1 epoch ends with
-the same weights as 2 epochs.
+the same weights as 2 epochs. A run stopped by SIGTERM/SIGINT saves checkpoints/last at a step
+all ranks agree on, and one whose loss stays non-finite stops without saving (stopping.py).
+A train.out holding an earlier run's checkpoints is only resumed or, explicitly, overwritten.
 """
 from __future__ import annotations
 
 import logging
+import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +51,7 @@ from dist_geo.tracking import Tracker, peak_memory_mb
 from dist_geo.train import checkpoint as ckpt
 from dist_geo.train.engine import build_engine, step_head
 from dist_geo.train.optim import build_optimizer, build_scheduler, head_lr, set_lr
+from dist_geo.train.stopping import Preempted, RunGuard
 from dist_geo.train.sync_batchnorm import synchronise_batchnorm
 
 log = logging.getLogger(__name__)
@@ -107,6 +112,11 @@ class Trainer:
         self.cfg, self.ctx = cfg, ctx
         self.out = Path(cfg.train.out)
         self.checkpoints = self.out / "checkpoints"
+        if ckpt.check_run_folder(cfg) and ctx.is_main:  # an earlier run, replaced on purpose
+            log.warning("train.overwrite=true: deleting the earlier run's %s", self.checkpoints)
+            shutil.rmtree(self.checkpoints)
+        ctx.barrier()
+        self.guard = RunGuard(self.out, cfg.train.max_nonfinite_steps, ctx)
         seed_everything(cfg.train.seed, ctx.rank, cfg.train.deterministic)
         shard_manifest = read_manifest(shards_dir(cfg.data))  # DataError naming it if missing
         groups = shard_manifest["groups"][: cfg.data.groups_num]
@@ -163,7 +173,8 @@ class Trainer:
         """The iterations of one epoch on group `epoch mod groups_num`, from the saved batch on.
 
         A step never waits for the device: the loss is summed on the device and read every
-        `train.log_every` steps (and at the epoch's end), the only host syncs of the loop.
+        `train.log_every` steps (and at the epoch's end), the only host syncs of the loop, with
+        the checks that may stop the run (stopping.py).
         """
         cfg, ctx, engine = self.cfg, self.ctx, self.engine
         g = epoch % self.num_groups
@@ -199,11 +210,13 @@ class Trainer:
                 engine.step()
             epoch_loss += loss.detach()
             window_loss += loss.detach()
+            self.guard.count(loss.detach())
             self.state.position = ckpt.Position(epoch, batch + 1, self.state.position.step + 1)
             bar.update()
             step = self.state.position.step
             if step % cfg.train.log_every == 0 or batch + 1 == iterations:
-                mean = window_loss.item() / (batch + 1 - window_start)
+                (window,) = self.guard.check(step, window_loss)
+                mean = window / (batch + 1 - window_start)
                 window_loss.zero_()
                 window_start = batch + 1
                 speed = (batch + 1 - start) * cfg.train.batch_size / (time.perf_counter() - started)
@@ -214,7 +227,13 @@ class Trainer:
                      "images_per_s": speed}, step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 \
                     and batch + 1 < iterations:
+                self.guard.check(step)  # never save weights that have diverged
                 self.save("last")
+            if self.guard.stop_now and batch + 1 < iterations:  # else end_epoch saves first
+                self.guard.check(step)
+                self.save("last")
+                bar.close()
+                raise self.guard.preempted(**vars(self.state.position))
         bar.close()
         move_head(head, head_optimizer, torch.device("cpu"))
         elapsed = time.perf_counter() - started
@@ -245,7 +264,7 @@ class Trainer:
         if cfg.train.validate:
             metrics.update(run_evaluation(self.engine.module, cfg, ctx, ["val"]))
         recall = metrics.get("val_recall_at_1", float(epoch))  # no validation: latest is best
-        is_best = recall > self.state.best_recall_at_1
+        is_best = recall > self.state.best_recall_at_1 and math.isfinite(metrics["train_loss"])
         if is_best:
             self.state.best_recall_at_1, self.state.best_epoch = recall, epoch
         self.state.metrics = metrics
@@ -299,9 +318,12 @@ class Trainer:
         cfg = self.cfg
         status = "FAILED"
         try:
-            for epoch in range(self.state.position.epoch, cfg.train.epochs_num):
-                metrics = self.train_epoch(epoch)
-                self.end_epoch(epoch, metrics, on_epoch_end)
+            with self.guard:
+                for epoch in range(self.state.position.epoch, cfg.train.epochs_num):
+                    metrics = self.train_epoch(epoch)
+                    self.end_epoch(epoch, metrics, on_epoch_end)
+                    if self.guard.stop_now:  # saved by end_epoch (a resume runs what is left)
+                        raise self.guard.preempted(**vars(self.state.position))
             final = dict(self.state.metrics)
             test = self.final_test() if cfg.train.test and cfg.eval.splits else {}
             final.update(mlflow_metrics(test))
@@ -309,6 +331,9 @@ class Trainer:
             if self.ctx.is_main:
                 self.report(test)
             status = "FINISHED"
+        except Preempted:
+            status = "KILLED"
+            raise
         finally:
             self.tracker.finish(status)
         return {

@@ -74,3 +74,19 @@ def test_an_evaluation_of_an_unknown_run_gets_a_run_of_its_own(tmp_path):
     assert "| test | 42.0 | 50.0 | 60.0 | 70.0 | 10 |" in run.data.tags["mlflow.note.content"]
     history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "test_recall_at_1")
     assert [(m.step, m.value) for m in history] == [(7, 42.0)]
+
+
+def test_tracking_off_leaves_the_training_run_alone(make_checkpoint, known_dataset, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from dist_geo.tracking import MlflowRun, open_experiment
+
+    uri = f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"  # the checkpoint's train.out's store
+    run = MlflowRun.start(uri, open_experiment(uri, "dist-geo"))
+    checkpoint = make_checkpoint(mlflow_run_id=run.run_id)
+    command = ["eval", str(checkpoint), "--dataset", str(known_dataset), "--splits", "val",
+               "--out", str(tmp_path / "eval"), "data.num_workers=0"]
+    assert cli_main(command + ["tracking.enabled=false"]) == 0
+    assert MlflowClient(uri).get_run(run.run_id).data.metrics == {}
+    assert cli_main(command) == 0  # tracking on: the numbers land on the training's run
+    assert "val_recall_at_1" in MlflowClient(uri).get_run(run.run_id).data.metrics

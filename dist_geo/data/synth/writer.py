@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ import numpy as np
 import utm
 from PIL import Image
 
-from dist_geo.atomic import atomic_dir, write_text
+from dist_geo.atomic import atomic_dir, remove_orphans, write_text
 from dist_geo.data.synth.effects import add_noise, occlude, roll_crop
 from dist_geo.data.synth.render import Lighting, render, sample_lighting, to_uint8
 from dist_geo.data.synth.world import City, generate_city, points_along, street_segments
@@ -63,6 +64,14 @@ class WorldSpec:
     fov: float = 90.0  # degrees
     block: float = 60.0  # street grid pitch, metres
     street: float = 14.0  # street width, metres
+
+    def __post_init__(self) -> None:
+        """Refuse a size that is not positive (a zero image size divided by zero, a negative
+        area drew an empty world), before anything is written."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise DataError(f"synthetic world: {f.name}={value!r} must be a positive number")
 
 
 PRESETS: dict[str, WorldSpec] = {
@@ -266,6 +275,8 @@ def write_world(out: str | Path, seed: int = 0, preset: str = "demo", **sizes) -
     counts: dict[str, int] = {}
     for split in ("train", "val", "test"):
         final = out / split
+        for orphan in remove_orphans(final):
+            log.info("%s: removed %s, left by a writer that was killed", out, orphan.name)
         if final.exists():  # finished by an interrupted earlier run with these parameters
             counts.update(json.loads((final / ".counts.json").read_text()))
             continue
