@@ -86,7 +86,9 @@ def test_tracking_off_leaves_the_training_run_alone(make_checkpoint, known_datas
     checkpoint = make_checkpoint(mlflow_run_id=run.run_id)
     command = ["eval", str(checkpoint), "--dataset", str(known_dataset), "--splits", "val",
                "--out", str(tmp_path / "eval"), "data.num_workers=0"]
+    client = MlflowClient(uri)
+    runs = lambda: client.search_runs([run.experiment_id])  # noqa: E731
     assert cli_main(command + ["tracking.enabled=false"]) == 0
-    assert MlflowClient(uri).get_run(run.run_id).data.metrics == {}
-    assert cli_main(command) == 0  # tracking on: the numbers land on the training's run
-    assert "val_recall_at_1" in MlflowClient(uri).get_run(run.run_id).data.metrics
+    assert client.get_run(run.run_id).data.metrics == {} and len(runs()) == 1  # no run at all
+    assert cli_main(command) == 0  # tracking on: a run of its own, the training's untouched
+    assert client.get_run(run.run_id).data.metrics == {} and len(runs()) == 2
