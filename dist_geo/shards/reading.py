@@ -4,13 +4,15 @@ webdataset's own tar expander hands its error handler an exception that names th
 the member being read, so a truncated shard could not be reported by key. This reader (used by
 `verify_shards` and the torch loader) streams the tar with `tarfile` and groups the members of
 a sample by key, as webdataset does (`<key>.<ext>`, members of a key contiguous).
-`decode_rgb` is the one image decoder of the torch loader, the verifier and the DALI loader's
-search for the sample its decoder failed on, so all three reject the same images.
+`decode_rgb` is the torch loader's image decoder; an image is judged by the decoder that will
+read it (`judge_images` with `torch_image_check`, or dali_check.py's DALI check), so the
+verifier and the DALI loader's search for what its decoder failed on reject what the loader
+would.
 """
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,46 @@ def decode_rgb(data: bytes) -> torch.Tensor:
     except RuntimeError as e:
         # torchvision prefixes "<function>, <source file>:<line>, " to libjpeg's message.
         raise ValueError(f"undecodable image: {str(e).split(', ', 2)[-1]}") from None
+
+
+# An image check: per encoded image, "" when its decoder reads it, else why not.
+ImageCheck = Callable[[list[bytes]], list[str]]
+
+
+def torch_image_check(images: list[bytes]) -> list[str]:
+    """The torch loader's verdicts (torchvision's decoder)."""
+    verdicts = []
+    for image in images:
+        try:
+            decode_rgb(image)
+            verdicts.append("")
+        except ValueError as e:
+            verdicts.append(str(e))
+    return verdicts
+
+
+def judge_images(samples: Iterable[dict], check: ImageCheck,
+                 batch_size: int = 64) -> Iterator[tuple[dict, str]]:
+    """Each sample with the verdict of `check` on its .jpg ("missing member .jpg" when it has
+    none), `batch_size` images per call; a ShardReadError passes on after the samples read."""
+    pending: list[dict] = []
+
+    def judged() -> Iterator[tuple[dict, str]]:
+        yield from zip(pending, check([s["jpg"] for s in pending]))
+        pending.clear()
+
+    try:
+        for sample in samples:
+            if "jpg" not in sample:
+                yield sample, "missing member .jpg"
+                continue
+            pending.append(sample)
+            if len(pending) == batch_size:
+                yield from judged()
+    except ShardReadError:
+        yield from judged()
+        raise
+    yield from judged()
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -85,4 +127,5 @@ def iter_samples(shard: str | Path) -> Iterator[dict[str, Any]]:
     if sample is not None:
         yield sample
 
-__all__ = ["Fault", "ShardReadError", "decode_rgb", "iter_samples", "split_key"]
+__all__ = ["Fault", "ImageCheck", "ShardReadError", "decode_rgb", "iter_samples", "judge_images",
+           "split_key", "torch_image_check"]
