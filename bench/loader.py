@@ -1,8 +1,8 @@
 """Training images/s: DALI loader (CPU here) vs torch shard loader vs a plain folder DataLoader.
 
 All three read the same images of one CosPlace group of a synthetic world (written once and
-cached under --out, as are its shards), apply the same augmentations (random resized crop,
-colour jitter, flip, normalisation; dist_geo/loaders/augment.py) and produce the same
+cached under --out, as are its shards), apply the same augmentations (colour jitter,
+random resized crop, flip, normalisation; dist_geo/loaders/augment.py) and produce the same
 (images, labels) batches, side by side in one run; prints one JSON object. The first
 --warmup batches of each (start-up, worker spawn, shuffle-buffer fill) are not timed; each loader runs in a process
 of its own.
