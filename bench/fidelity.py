@@ -29,32 +29,13 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from dist_geo.config import build_config
-from dist_geo.data.synth import write_world
 from dist_geo.shards.writer import write_shards
 from dist_geo.train.launch import finished_result, start_local
+from worlds import SIZES, bench_world, train_overrides
 
 BENCH = Path(__file__).resolve().parent
 ORACLE = BENCH / "oracle.py"
-
-# The recipe both trainers follow (bench/oracle.py's Recipe keys), per size.
-COMMON = {
-    "backbone": "resnet18", "fc_output_dim": 512, "train_all_layers": True,
-    "M": 20, "alpha": 60, "N": 2, "L": 1, "groups_num": 4, "min_images_per_class": 8,
-    "brightness": 0.4, "contrast": 0.4, "saturation": 0.3, "hue": 0.0, "crop_scale_min": 0.5,
-    "loss": "cosface", "s": 30.0, "m": 0.4, "lr": 1e-3, "classifiers_lr": 1e-2,
-    "batch_size": 32, "epochs_num": 4,
-}
-SIZES = {
-    "cpu": {"world": {"preset": "demo", "queries": 1000}, "upscale": 0,
-            "recipe": {**COMMON, "image_size": 64, "iterations_per_epoch": 175,
-                       "eval_image_size": 0, "eval_batch_size": 128}},
-    "gpu": {"world": {"preset": "demo", "image_size": 128, "queries": 300}, "upscale": 512,
-            "recipe": {**COMMON, "image_size": 512, "iterations_per_epoch": 175,
-                       "eval_image_size": 0, "eval_batch_size": 64}},
-}
 VARIANTS = {  # name: (loader, precision, ranks)
     "torch_fp32": ("torch", "fp32", 1),
     "dali_fp32": ("dali", "fp32", 1),
@@ -65,47 +46,6 @@ VARIANTS = {  # name: (loader, precision, ranks)
 }
 CPU_VARIANTS = ["oracle", "torch_fp32", "dali_fp32", "torch_fp32_2ranks", "torch_bf16"]
 GPU_VARIANTS = CPU_VARIANTS + ["dali_bf16", "dali_fp16"]
-
-
-def upscale_world(src: Path, dst: Path, size: int) -> Path:
-    """A copy of world `src` with every JPEG resized to size x size (the gpu recipe's 512 px)."""
-    if (dst / "world.json").exists():
-        return dst
-    for path in sorted(src.rglob("*")):
-        target = dst / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif path.suffix == ".jpg":
-            with Image.open(path) as image:
-                image.resize((size, size), Image.BICUBIC).save(target, quality=95)
-        elif path.name != "world.json":
-            target.write_bytes(path.read_bytes())
-    (dst / "world.json").write_bytes((src / "world.json").read_bytes())  # last: marks it done
-    return dst
-
-
-def dist_geo_overrides(recipe: dict, world: Path, shards: Path) -> list[str]:
-    """The recipe as `dist-geo train` config overrides."""
-    r = recipe
-    return [
-        f"data.dataset={world}", f"data.shards={shards}", "data.sampling=class_uniform",
-        f"data.M={r['M']}", f"data.alpha={r['alpha']}", f"data.N={r['N']}", f"data.L={r['L']}",
-        f"data.groups_num={r['groups_num']}", f"data.min_images_per_class={r['min_images_per_class']}",
-        f"data.image_size={r['image_size']}",
-        f"data.augment.brightness={r['brightness']}", f"data.augment.contrast={r['contrast']}",
-        f"data.augment.saturation={r['saturation']}", f"data.augment.hue={r['hue']}",
-        f"data.augment.crop_scale_min={r['crop_scale_min']}", "data.augment.hflip=false",
-        "data.augment.night_light=false",
-        f"model.backbone={r['backbone']}", f"model.fc_output_dim={r['fc_output_dim']}",
-        f"model.train_all_layers={str(r['train_all_layers']).lower()}",
-        f"loss.name={r['loss']}", f"loss.s={r['s']}", f"loss.m={r['m']}",
-        "optim.name=adam", f"optim.lr={r['lr']}", f"optim.classifiers_lr={r['classifiers_lr']}",
-        "sched.name=none", f"train.batch_size={r['batch_size']}",
-        f"train.epochs_num={r['epochs_num']}",
-        f"train.iterations_per_epoch={r['iterations_per_epoch']}",
-        f"eval.batch_size={r['eval_batch_size']}", f"eval.image_size={r['eval_image_size']}",
-        "eval.splits=[test]", "tracking.enabled=false",
-    ]
 
 
 def run_oracle(world: Path, recipe: dict, seed: int, device: str, out: Path) -> dict:
@@ -127,6 +67,7 @@ def run_dist_geo(variant: str, overrides: list[str], seed: int, device: str, out
     cfg = build_config(overrides=[
         *overrides, f"data.loader={loader}", f"train.precision={precision}",
         f"train.seed={seed}", f"train.device={device}", f"train.out={out}",
+        "train.overwrite=true",  # a benchmark measures a fresh run every time
     ])
     epoch_log = out / "epochs.jsonl"
     epoch_log.unlink(missing_ok=True)
@@ -186,14 +127,11 @@ def main() -> None:
     variants = args.variants or (GPU_VARIANTS if args.device == "cuda" else CPU_VARIANTS)
 
     started = time.perf_counter()
-    world_spec = dict(size["world"])
-    world = write_world(args.out / "world", seed=0, **world_spec)
-    if size["upscale"]:
-        world = upscale_world(world, args.out / f"world_{size['upscale']}px", size["upscale"])
-    overrides = dist_geo_overrides(recipe, world, args.out / "shards")
+    world = bench_world(args.out, args.size)
+    overrides = train_overrides(recipe, world, args.out / "shards")
     write_shards(world, args.out / "shards", build_config(overrides=overrides).data)
     report: dict = {"size": args.size, "device": args.device, "recipe": recipe,
-                    "world": {"path": str(world), **world_spec}, "seeds": args.seeds,
+                    "world": {"path": str(world), **size["world"]}, "seeds": args.seeds,
                     "untrained": run_oracle(world, {**recipe, "epochs_num": 0}, args.seeds[0],
                                             args.device, args.out / "oracle" / "untrained.json"),
                     "runs": {}, "time_s": {}}

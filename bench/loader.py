@@ -92,7 +92,8 @@ def measure(name: str, cfg: Config, args: argparse.Namespace) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dist-geo bench loader",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--source-size", type=int, default=160, help="side of the world's images")
     parser.add_argument("--image-size", type=int, default=128, help="training crop side")

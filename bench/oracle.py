@@ -305,7 +305,8 @@ def parse_recipe(overrides: list[str]) -> Recipe:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dist-geo bench oracle",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")

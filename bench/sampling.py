@@ -26,7 +26,8 @@ LAYOUTS = ("class_uniform", "image_uniform")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dist-geo bench sampling",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/bench_sampling")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -38,7 +39,7 @@ def main() -> None:
         cfg = build_config(bundled_config("demo"), [
             f"data.dataset={world}", f"data.shards={out / layout / 'shards'}",
             f"data.sampling={layout}", f"train.out={out / layout / 'train'}",
-            "tracking.enabled=false", *args.overrides,
+            "tracking.enabled=false", "train.overwrite=true", *args.overrides,
         ])
         manifest = write_shards(world, cfg.data.shards, cfg.data)
         started = time.perf_counter()

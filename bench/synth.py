@@ -41,7 +41,8 @@ def class_stats(root: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dist-geo bench synth",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="world folder (default: a temporary one)")

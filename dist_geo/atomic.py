@@ -52,6 +52,30 @@ def staging_path(path: str | Path, private: bool = False) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp" if private else f".{path.name}.tmp")
 
 
+def remove_orphans(path: str | Path) -> list[Path]:
+    """Remove the private staging folders of `path` (`.<name>.<pid>.tmp`) whose writer is no
+    longer running on this machine: what a killed writer leaves behind, which no later run
+    would otherwise reuse or delete. A live writer's folder is kept. Returns those removed."""
+    path = Path(path)
+    removed = []
+    for staging in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = staging.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def previous_path(path: str | Path) -> Path:
     """`.<name>.old`: where `publish_dir` keeps the folder it replaces until the new one is in
     place; a reader that finds no `path` (a crash between the two renames) reads this one."""

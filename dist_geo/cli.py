@@ -16,7 +16,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from dist_geo import subcommand
+from dist_geo import __version__, subcommand
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("dist_geo.data.synth.cli", "write the synthetic geo-tagged world (VG file names)"),
@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("dist_geo.tuning.cli", "Ray Tune sweep over any config key, tracked in MLflow"),
     "demo": ("dist_geo.demo", "the whole job on the built-in synthetic world"),
     "bench": ("dist_geo.bench_cli", "run a benchmark from bench/ and print its JSON"),
+    "config": ("dist_geo.config_cli", "show the resolved config: every key's value, default, "
+               "range and meaning"),
 }
 
 
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"dist-geo {__version__}")
     parser.add_argument("command", choices=SUBCOMMANDS, metavar="COMMAND")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser

@@ -12,15 +12,23 @@ import argparse
 from dist_geo.config import Config, build_config, bundled_config
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """`--config FILE` (or a bundled name) and trailing `section.key=value` overrides."""
+SHOW = "dist-geo config show [--config NAME] [key=value ...]"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, example: str,
+                         default: str | None = None) -> None:
+    """`--config FILE` (or a bundled name) and trailing `section.key=value` overrides;
+    `example` is a few overrides that make sense for this command."""
+    bundled = ", ".join(sorted(p.stem for p in bundled_config("default").parent.glob("*.yaml")))
     parser.add_argument(
         "--config", default=default,
-        help="YAML config file, or the name of a bundled one (default, demo, ...)",
+        help=f"YAML config file, or a bundled one's name: {bundled} "
+             + (f"(default: {default})" if default else "(without it: the built-in defaults)"),
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value",
-        help="config overrides, e.g. loss.name=arcface loss.s=64 train.batch_size=16",
+        help=f"config overrides, e.g. {example} (every key, its default, range and meaning: "
+             f"`{SHOW}`)",
     )
 
 
@@ -31,4 +39,4 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(path, args.overrides)
 
 
-__all__ = ["add_config_arguments", "config_from_args"]
+__all__ = ["SHOW", "add_config_arguments", "config_from_args"]

@@ -2,11 +2,13 @@
 
     synthesise the world (cached)       dist_geo.data.synth.write_world
     shard its train split per group     dist_geo.shards.writer.write_shards (finished ones kept)
-    train with N data-parallel ranks    dist_geo.train.launch_local (torchrun; gloo on CPU)
+    train with N data-parallel ranks    dist_geo.train.launch_local (local ranks; gloo on CPU)
     test the best model                 (inside training: test and test-night, logged to MLflow)
     the two baselines on the same data  untrained network (the trained one's initial weights)
                                         and nearest neighbour on 32x32 grey thumbnails
-    report                              a table, <out>/results.json, the baselines in MLflow too
+    report                              a table and <out>/results.json; in MLflow, on the
+                                        training run: the table as its description, the JSON
+                                        and a bar chart as artifacts (demo/); the run's link
 
 The baselines show the synthetic world is a real retrieval problem: the trained network has to
 beat pixels and an untrained network by a wide margin (the README records the figures).
@@ -30,9 +32,11 @@ from dist_geo.data.synth import write_world
 from dist_geo.distributed import single_process
 from dist_geo.eval.evaluate import evaluate
 from dist_geo.eval.raw_pixels import raw_pixel_baseline
-from dist_geo.eval.report import log_to_mlflow, metric_prefix
+from dist_geo.eval.plots import plot_recall_bars
+from dist_geo.eval.report import DEMO_MODELS, markdown_table, metric_prefix
 from dist_geo.model.network import build_model
 from dist_geo.shards.writer import write_shards
+from dist_geo.tracking import MlflowRun, tracking_uri, ui_command
 from dist_geo.train.launch import launch_local, plan_local
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="data-parallel training processes (default: one per GPU, or 2 CPU "
                              "processes without GPUs; the global batch stays the config's)")
     parser.add_argument("--preset", default="demo", help="synthetic world preset (tiny, demo, bench)")
-    add_config_arguments(parser, default="demo")
+    add_config_arguments(parser, "train.epochs_num=2 loss.name=arcface", default="demo")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -98,19 +102,15 @@ def run_demo(cfg: Config, out: Path, nproc: int | None = None, preset: str = "de
     untrained = evaluate(untrained_network(cfg).to(ctx.device), cfg.data.dataset, cfg, ctx, splits)
     raw = raw_pixel_baseline(cfg.data.dataset, cfg, splits)
     timings["baselines_s"] = time.perf_counter() - t
-    run_id = trained["mlflow_run_id"]
-    log_to_mlflow(
-        {f"untrained_{s}": m for s, m in untrained.items()}
-        | {f"raw_pixels_{s}": m for s, m in raw.items()},
-        cfg, ctx, run_id=run_id, step=int(trained["steps"]),
-    )
+    run = MlflowRun(tracking_uri(cfg), trained["mlflow_run_id"]) if cfg.tracking.enabled else None
 
     results = {
         "trained": {s: pick(trained["metrics"], metric_prefix(s) + "_") for s in splits},
         "untrained": {s: pick(untrained[s]) for s in splits},
         "raw_pixels": {s: pick(raw[s]) for s in splits},
-        "mlflow_run_id": run_id,
-        "mlflow_ui": f"mlflow ui --backend-store-uri sqlite:///{Path(cfg.train.out).resolve()}/mlflow.db",
+        "mlflow_run_id": trained["mlflow_run_id"],
+        "mlflow_ui": ui_command(run.uri) if run else "",
+        "mlflow_run": run.link if run else "",
         "best_checkpoint": trained["best_checkpoint"],
         "nproc": plan.nproc,
         "device": plan.device,
@@ -118,10 +118,31 @@ def run_demo(cfg: Config, out: Path, nproc: int | None = None, preset: str = "de
         "timings_s": {k: round(v, 1) for k, v in timings.items()}
         | {"total_s": round(time.perf_counter() - started, 1)},
     }
-    write_json(out / "results.json", results)
+    path = write_json(out / "results.json", results)
     print_comparison(results, splits)
-    log.info("results in %s; browse the run with: %s", out / "results.json", results["mlflow_ui"])
+    if run:
+        record_comparison(run, results, path, cfg.eval.recall_values)
+        log.info("results in %s; the run in MLflow's UI: %s", path, run.browse_hint)
+    else:
+        log.info("results in %s", path)
     return results
+
+
+def record_comparison(run: MlflowRun, results: dict[str, Any], path: Path,
+                      recall_values: list[int]) -> None:
+    """The comparison on the (finished) training run: its description, and results.json and a
+    bar chart in `demo/` (training's own results.json stays beside them). Tags and artifacts
+    only: the run's metrics, status and end time stay as training left them."""
+    table = {model: results[model] for model in DEMO_MODELS}
+    run.log_artifacts(path, "demo")
+    run.log_artifacts(plot_recall_bars(table, recall_values, path.parent / "comparison.png"),
+                      "demo")
+    rows = {f"{model} / {split}": m
+            for model, splits in table.items() for split, m in splits.items()}
+    run.set_description(
+        "`dist-geo demo`: the trained network against the same network untrained and against "
+        "raw pixels (32x32 grey thumbnails), recall@N (%) on the synthetic world's test "
+        "splits:\n\n" + markdown_table(rows, recall_values))
 
 
 def print_comparison(results: dict[str, Any], splits: list[str]) -> None:
@@ -130,7 +151,7 @@ def print_comparison(results: dict[str, Any], splits: list[str]) -> None:
     for split in splits:
         table.add_column(f"{split} R@1", justify="right")
         table.add_column(f"{split} R@5", justify="right")
-    for name in ("trained", "untrained", "raw_pixels"):
+    for name in DEMO_MODELS:
         row = [name]
         for split in splits:
             m = results[name][split]

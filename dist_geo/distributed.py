@@ -55,7 +55,8 @@ def elastic_restart_count() -> int:
 
 
 def _join_elastic_group(ctx: DistContext, timeout: timedelta) -> None:
-    """Under torchrun, join the process group through keys private to this restart.
+    """Join the process group at the store the launcher serves (torchrun's agent, or our
+    local launcher, dist_geo/train/local_ranks.py), through keys private to this restart.
 
     torchrun's agent keeps one store for the whole job; after a restart (`--max-restarts`)
     a plain `env://` init can read the previous attempt's gloo addresses from it and fail
@@ -73,8 +74,9 @@ def _join_elastic_group(ctx: DistContext, timeout: timedelta) -> None:
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext:
     """Join the process group the launcher described (if any) and pick this rank's device.
 
-    Safe to call twice: an existing process group is reused. Under torchrun's agent the group
-    is joined through keys private to the restart (`_join_elastic_group`), else `env://`.
+    Safe to call twice: an existing process group is reused. When the launcher serves the
+    store (TORCHELASTIC_USE_AGENT_STORE: torchrun's agent, our local launcher) the group is
+    joined through keys private to the restart (`_join_elastic_group`), else `env://`.
     Sets `DS_ACCELERATOR=cpu` when no GPU will be used, before DeepSpeed is imported
     anywhere, so DeepSpeed talks gloo.
     """

@@ -9,12 +9,12 @@ user can act on (`DistGeoError`) are printed as one line, without a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from dist_geo.errors import DistGeoError
+from dist_geo.logs import setup_logging
 
 
 def parse(module: ModuleType, command: str, summary: str,
@@ -34,17 +34,14 @@ def parse(module: ModuleType, command: str, summary: str,
 
 
 def run(module: ModuleType, args: argparse.Namespace, verbose: bool = False) -> int:
-    """`module.main(args)` with logging set up; its exit code (2 for a DistGeoError)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    """`module.main(args)` with logging set up; its exit code (2 for a DistGeoError, or the
+    error's own `exit_code`: 128 + the signal for a run a signal stopped)."""
+    setup_logging(verbose)
     try:
         return int(module.main(args) or 0)
     except DistGeoError as e:
         print(f"dist-geo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"dist-geo {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -32,6 +32,12 @@ def test_yaml_then_overrides(tmp_path):
         ("train.batch_size=big", "expected an integer"),
         ("data.augment.hflip=maybe", "expected true/false"),
         ("loss", "not of the form"),
+        ("optim.lr=nan", "command line: optim.lr=nan is not a finite number"),
+        ("optim.lr=inf", "optim.lr=inf is not a finite number"),
+        ("loss.s=.nan", "loss.s=nan is not a finite number"),
+        ("eval.recall_values=[1, -5]", r"eval.recall_values\[1\]=-5 is below its minimum 1"),
+        ("eval.recall_values=[]", "eval.recall_values=\\[\\] must not be empty"),
+        ("loss.s={a: 1, a: 2}", "override 'loss.s={a: 1, a: 2}': duplicate key 'a'"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -47,6 +53,14 @@ def test_bad_file_is_named(tmp_path):
     path.write_text("train: {epochs: 3}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'train.epochs'"):
         build_config(path)
+
+
+def test_duplicate_yaml_keys_name_the_file_and_key(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n  name: adam\n  lr: 1e-5\n")
+    with pytest.raises(ConfigError) as error:
+        build_config(path)
+    assert str(error.value) == f"{path}: duplicate key 'lr' (line 4)"
 
 
 def test_round_trip_and_flatten(tmp_path):

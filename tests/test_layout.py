@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dist_geo"
 # common (dist_geo/*.py) < the stage folders, in the order the data flows < the top commands.
 STAGES = ("common", "data", "shards", "loaders", "model", "eval", "train", "tuning", "top")
-TOP_MODULES = {"cli", "demo", "bench_cli"}
+TOP_MODULES = {"cli", "demo", "bench_cli", "config_cli"}
 USER_FOLDERS = ("launch", "tuning", "shards")
 
 

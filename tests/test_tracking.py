@@ -1,4 +1,5 @@
-"""MLflow tracking: embedded sqlite store in the run folder, rank 0 only, resumable run."""
+"""MLflow tracking: embedded sqlite store in the run folder, rank 0 only, resumable run; a
+machine-learning experiment whose artifacts the store records relative to the run folder."""
 from dataclasses import replace
 
 from dist_geo.config import build_config
@@ -12,7 +13,8 @@ def test_tracker_logs_config_metrics_and_resumes(tmp_path):
     tracker = Tracker(cfg, ctx)
     assert tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     tracker.log_metrics({"loss": 2.0, "val_recall_at_1": 50.0, "skipped": float("nan")}, step=1)
-    tracker.log_loss_plot(tmp_path)
+    (tmp_path / "plot.png").write_bytes(b"png")
+    tracker.log_artifacts(tmp_path / "plot.png", "plots")
     tracker.finish()
 
     again = Tracker(cfg, ctx, run_id=tracker.run_id)  # a resumed run logs into the same run
@@ -23,9 +25,14 @@ def test_tracker_logs_config_metrics_and_resumes(tmp_path):
     history = again.run.client.get_metric_history(run.info.run_id, "loss")
     assert [m.value for m in history] == [2.0, 1.0]
     assert "skipped" not in run.data.metrics
-    artifacts = {f.path for f in again.run.client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "plots"} <= artifacts
-    assert (tmp_path / "mlartifacts").is_dir() and peak_memory_mb(ctx.device) > 0
+    assert {"config.yaml", "plots"} <= set(again.run.list_artifacts())
+    assert run.info.artifact_uri == f"mlflow-artifacts:/{run.info.run_id}/artifacts"
+    assert (tmp_path / "mlartifacts" / run.info.run_id / "artifacts" / "plots" / "plot.png").is_file()
+    experiment = again.run.client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert again.run.link == (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
+                              f"{run.info.run_id}?workflowType=machine_learning")
+    assert peak_memory_mb(ctx.device) > 0
 
 
 def test_tracker_is_silent_off_rank_zero_or_disabled(tmp_path):

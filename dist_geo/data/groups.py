@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from dist_geo.data.vg_format import ImageRecord
 from dist_geo.errors import DataError
 
 log = logging.getLogger(__name__)
+_COORDS = operator.attrgetter("utm_east", "utm_north", "heading")
 
 
 @dataclass
@@ -60,7 +62,8 @@ def group_id(e: float, n: float, h: float, M: int, alpha: int, N: int, L: int) -
 
 def _class_array(records: list[ImageRecord], M: int, alpha: int) -> np.ndarray:
     """`class_id` of every record at once, as an int64 [n, 3] array."""
-    coords = np.array([(r.utm_east, r.utm_north, r.heading) for r in records], dtype=np.float64)
+    # One pass, no list of millions of tuples: each record's triple is read straight into the array.
+    coords = np.fromiter(map(_COORDS, records), dtype=np.dtype((np.float64, 3)), count=len(records))
     missing = np.isnan(coords[:, 2])
     if missing.any():
         # Datasets without headings (Pitts30k) still group by position: one heading sector.
@@ -76,12 +79,15 @@ def _compute(records: list[ImageRecord], M: int, alpha: int, N: int, L: int,
              min_images: int) -> dict[str, np.ndarray]:
     """Grouping as index arrays: which records, in which class, in which group, in what order."""
     classes = _class_array(records, M, alpha)
-    uniq, first, inverse, counts = np.unique(
-        classes, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    # Rows as 24-byte opaque values: np.unique sorts those 5x faster than rows (axis=0); the
+    # order of `first` etc. is byte order, not numeric, which nothing below depends on.
+    rows = np.ascontiguousarray(classes).view(np.dtype((np.void, classes.shape[1] * 8))).ravel()
+    _, first, inverse, counts = np.unique(
+        rows, return_index=True, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     kept = np.flatnonzero(counts >= min_images)
     kept = kept[np.argsort(first[kept], kind="stable")]  # classes in the order first met
-    class_ids = uniq[kept]
+    class_ids = classes[first[kept]]
     group_of_class = np.stack([
         class_ids[:, 0] % (M * N) // M, class_ids[:, 1] % (M * N) // M,
         class_ids[:, 2] % (alpha * L) // alpha,
@@ -94,7 +100,7 @@ def _compute(records: list[ImageRecord], M: int, alpha: int, N: int, L: int,
     class_order = np.argsort(class_group, kind="stable")
     kept, class_ids, class_group = kept[class_order], class_ids[class_order], class_group[class_order]
     # Each kept class's images in path order, classes in the order just fixed.
-    rank_of_unique = np.full(len(uniq), -1, dtype=np.int64)
+    rank_of_unique = np.full(len(counts), -1, dtype=np.int64)
     rank_of_unique[kept] = np.arange(len(kept))
     image_rank = rank_of_unique[inverse]
     image_index = np.flatnonzero(image_rank >= 0)
@@ -107,9 +113,18 @@ def _compute(records: list[ImageRecord], M: int, alpha: int, N: int, L: int,
     }
 
 
+def _paths_digest(records: list[ImageRecord], chunk: int = 65536) -> str:
+    """sha1 of the paths joined by newlines, fed in chunks (not one string of them all)."""
+    sha = hashlib.sha1()
+    for start in range(0, len(records), chunk):
+        text = "\n".join(r.path for r in records[start:start + chunk])
+        sha.update((f"\n{text}" if start else text).encode())
+    return sha.hexdigest()
+
+
 def _cache_file(cache_dir: Path, records: list[ImageRecord], M: int, alpha: int, N: int,
                 L: int, min_images: int) -> Path:
-    digest = hashlib.sha1("\n".join(r.path for r in records).encode()).hexdigest()[:16]
+    digest = _paths_digest(records)[:16]
     return cache_dir / f"groups_M{M}_alpha{alpha}_N{N}_L{L}_min{min_images}_{digest}.npz"
 
 
@@ -166,7 +181,7 @@ def build_groups(
 
 def _to_groups(records: list[ImageRecord], arrays: dict[str, np.ndarray]) -> list[Group]:
     groups = [Group(tuple(g), [], []) for g in arrays["group_ids"].tolist()]
-    offsets, image_index = arrays["class_offsets"], arrays["image_index"]
+    offsets, image_index = arrays["class_offsets"].tolist(), arrays["image_index"].tolist()
     for c, (cid, g) in enumerate(zip(arrays["class_ids"].tolist(), arrays["class_group"].tolist())):
         groups[g].class_ids.append(tuple(cid))
         groups[g].images.append([records[i] for i in image_index[offsets[c]:offsets[c + 1]]])

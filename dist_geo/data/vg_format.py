@@ -10,14 +10,22 @@ A folder may come with `<folder>_images_paths.txt` beside it (one path per line)
 listing millions of images does not have to walk the file system. As in CosPlace, relative
 paths in it are relative to the folder itself; paths relative to the dataset root (an
 ancestor of the folder) or absolute ones are accepted too.
+
+Scale (SF-XL lists 41 million images; `dist-geo bench scale` measures this module): a record
+has slots instead of a per-instance dict, the short fields repeated across images (panorama
+id, timestamp, note: 12 crops share a panorama) are interned, and paths are joined and split
+as strings, not as a `pathlib.Path` per line, with the same results as Path's; records are
+built with the cycle collector paused (dist_geo/bulk.py).
 """
 from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dist_geo.bulk import gc_paused
 from dist_geo.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -30,7 +38,7 @@ FIELDS = (
 NAME_PATTERN = "@" + "@".join(FIELDS) + "@.jpg"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageRecord:
     """One image and the geo-tag read from its name. `heading` is NaN when the name has none."""
 
@@ -63,32 +71,38 @@ def _number(text: str, field: str, path: str, required: bool = False) -> float:
     return value
 
 
+def _file_name(path: str) -> str:
+    """`Path(path).name` without building a Path: the last component, unless the path ends in
+    '/' or '/.', which Path normalises away (then Path decides)."""
+    name = path.rpartition("/")[2]
+    return name if name not in ("", ".") else Path(path).name
+
+
 def parse_name(path: str | Path) -> ImageRecord:
     """Read the geo-tag of one image from its file name; DataError names the file if it cannot."""
     path = str(path)
-    parts = Path(path).name.split("@")
+    parts = _file_name(path).split("@")
     if len(parts) != len(FIELDS) + 2 or parts[0] != "":
         raise DataError(
             f"{path}: image name has {max(len(parts) - 2, 0)} '@' fields instead of {len(FIELDS)} "
             f"(expected {NAME_PATTERN})"
         )
-    f = dict(zip(FIELDS, parts[1:-1]))
-    zone = f["zone_number"]
+    _, east, north, zone, letter, lat, lon, pano, _, heading_text, *_, timestamp, note, _ = parts
     if zone and not zone.isdigit():
         raise DataError(f"{path}: image name field zone_number={zone!r} is not an integer")
-    heading = _number(f["heading"], "heading", path)
+    heading = _number(heading_text, "heading", path)
     return ImageRecord(
         path=path,
-        utm_east=_number(f["utm_east"], "utm_east", path, required=True),
-        utm_north=_number(f["utm_north"], "utm_north", path, required=True),
+        utm_east=_number(east, "utm_east", path, required=True),
+        utm_north=_number(north, "utm_north", path, required=True),
         heading=heading % 360.0 if math.isfinite(heading) else heading,
         zone_number=int(zone) if zone else None,
-        zone_letter=f["zone_letter"],
-        lat=_number(f["lat"], "lat", path),
-        lon=_number(f["lon"], "lon", path),
-        pano_id=f["pano_id"],
-        timestamp=f["timestamp"],
-        note=f["note"],
+        zone_letter=sys.intern(letter),
+        lat=_number(lat, "lat", path),
+        lon=_number(lon, "lon", path),
+        pano_id=sys.intern(pano),
+        timestamp=sys.intern(timestamp),
+        note=sys.intern(note),
     )
 
 
@@ -130,8 +144,18 @@ def images_paths_file(folder: str | Path) -> Path:
     return folder.parent / f"{folder.name}_images_paths.txt"
 
 
+def _joined(base: Path, prefix: str, line: str) -> str:
+    """`str(base / line)` without a Path per line (`prefix` is base as a string ending in '/'):
+    plain lines are kept (absolute) or appended; a line Path would normalise ('//', '.'
+    components, a trailing '/') goes through Path."""
+    if "//" in line or "/./" in line or line.startswith("./") or line.endswith(("/", "/.")) \
+            or line == ".":
+        return str(base / line)
+    return line if line.startswith("/") else prefix + line
+
+
 def _read_paths_file(folder: Path, list_file: Path) -> list[str]:
-    lines = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    lines = [line for line in map(str.strip, list_file.read_text().splitlines()) if line]
     if not lines:
         raise DataError(f"{list_file}: images paths file is empty")
     first = Path(lines[0])
@@ -145,7 +169,10 @@ def _read_paths_file(folder: Path, list_file: Path) -> list[str]:
                 f"{list_file}: first listed image {lines[0]!r} exists neither under {folder} "
                 f"nor under its parent folders"
             )
-    return [str(base / line) for line in lines]
+    prefix = str(base).rstrip("/") + "/"
+    for i, line in enumerate(lines):  # in place: one copy of millions of paths, not two
+        lines[i] = _joined(base, prefix, line)
+    return lines
 
 
 def _glob(folder: Path) -> list[str]:
@@ -174,13 +201,14 @@ def list_images(folder: str | Path, skip_bad: bool = False) -> tuple[list[ImageR
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     records: list[ImageRecord] = []
     bad: list[str] = []
-    for path in sorted(paths):
-        try:
-            records.append(parse_name(path))
-        except DataError:
-            if not skip_bad:
-                raise
-            bad.append(path)
+    with gc_paused():
+        for path in sorted(paths):
+            try:
+                records.append(parse_name(path))
+            except DataError:
+                if not skip_bad:
+                    raise
+                bad.append(path)
     if bad:
         log.warning("%s: skipped %d images with unparsable names, e.g. %s", folder, len(bad), bad[0])
     if not records:

@@ -71,21 +71,30 @@ def split_folders(dataset_root: str | Path, split: str) -> tuple[Path, Path]:
 
 def _describe(
     models: Sequence[nn.Module],
-    paths: Sequence[str],
+    records: list[ImageRecord],
     ctx: DistContext,
     cfg: Config,
     views: Views | None,
     night: str = "none",
     desc: str = "",
-) -> np.ndarray:
+) -> tuple[np.ndarray, list[ImageRecord]]:
+    """The descriptors of `records`' images (an ensemble's concatenated) and the records they
+    describe: with `data.skip_bad`, images that cannot be used are left out of both."""
+    skipped: list[int] | None = [] if cfg.data.skip_bad else None
     per_model = [
         extract_descriptors(
-            m, paths, ctx, batch_size=cfg.eval.batch_size, image_size=cfg.eval.image_size,
-            night=night, views=views, num_workers=cfg.data.num_workers, desc=desc,
+            m, [r.path for r in records], ctx, batch_size=cfg.eval.batch_size,
+            image_size=cfg.eval.image_size, night=night, views=views,
+            num_workers=cfg.data.num_workers, desc=desc,
+            max_pixels=cfg.data.max_image_pixels, skipped=skipped,
         )
         for m in models
     ]
-    return concat_descriptors(per_model)
+    descriptors = concat_descriptors(per_model)
+    if not skipped:
+        return descriptors, records
+    keep = sorted(set(range(len(records))) - set(skipped))
+    return descriptors[keep], [records[i] for i in keep]
 
 
 def rank_database(
@@ -149,9 +158,9 @@ def _fit_train_pca(
     records = _list(dataset_root / "train", cfg)
     rng = np.random.default_rng(0)
     take = np.sort(rng.permutation(len(records))[: cfg.eval.pca_samples])
-    paths = [records[i].path for i in take]
     views = tta.database_views(cfg.eval.tta)
-    descriptors = _describe(models, paths, ctx, cfg, views, desc="train (PCA)")
+    descriptors, _ = _describe(models, [records[i] for i in take], ctx, cfg, views,
+                               desc="train (PCA)")
     if views:
         descriptors = tta.pool_views(descriptors)
     return fit_pca(descriptors, cfg.eval.pca_dim, cfg.eval.pca_whiten)
@@ -197,7 +206,8 @@ def evaluate(
     ctx: DistContext,
     splits: Sequence[str] | None = None,
 ) -> EvalResults:
-    """{split: {"recall_at_1": %, ..., "queries": Q, "queries_without_positives": k}}.
+    """{split: {"recall_at_1": %, ..., "queries": Q, "queries_without_positives": k}}, and
+    "skipped_images" with `data.skip_bad` (images left out because they cannot be used).
 
     `model` may be a list of models: their descriptors are concatenated (an ensemble).
     `eval.night_preprocess` applies to the queries of every split evaluated (pass only the
@@ -216,13 +226,12 @@ def evaluate(
     details: dict[str, SplitResult] = {}
     for split in splits or cfg.eval.splits:
         db_folder, q_folder = split_folders(root, split)
-        db_records, q_records = _list(db_folder, cfg), _list(q_folder, cfg)
-        database = _describe(
-            models, [r.path for r in db_records], ctx, cfg, tta.database_views(method),
-            desc=f"{split} database",
+        db_listed, q_listed = _list(db_folder, cfg), _list(q_folder, cfg)
+        database, db_records = _describe(
+            models, db_listed, ctx, cfg, tta.database_views(method), desc=f"{split} database",
         )
-        queries = _describe(
-            models, [r.path for r in q_records], ctx, cfg, tta.query_views(method),
+        queries, q_records = _describe(
+            models, q_listed, ctx, cfg, tta.query_views(method),
             night=cfg.eval.night_preprocess, desc=f"{split} queries",
         )
         outcome: dict[str, float] | Exception | None = None
@@ -230,6 +239,9 @@ def evaluate(
             try:
                 result = _score_on_main(split, database, queries, db_records, q_records, cfg,
                                         per_crop, pca)
+                if cfg.data.skip_bad:
+                    result.metrics["skipped_images"] = (
+                        len(db_listed) + len(q_listed) - len(db_records) - len(q_records))
                 details[split], outcome = result, result.metrics
             except Exception as e:  # shared, so the other ranks fail too instead of waiting
                 outcome = e

@@ -1,4 +1,5 @@
-"""Where evaluation numbers go: a console table, `results.json`, MLflow metrics and artifacts."""
+"""Where evaluation numbers go: a console table, a markdown table (an MLflow run's
+description), `results.json`, and an evaluation's own MLflow run."""
 from __future__ import annotations
 
 import logging
@@ -8,13 +9,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from dist_geo.config import Config
+from dist_geo.config import Config, flatten, to_dict
 from dist_geo.distributed import DistContext
-from dist_geo.tracking import Tracker
+from dist_geo.tracking import open_evaluation_run
 
 log = logging.getLogger(__name__)
 
 Metrics = Mapping[str, Mapping[str, float]]
+DEMO_MODELS = ("trained", "untrained", "raw_pixels")  # the rows of the demo's results.json
 
 
 def print_table(results: Metrics, recall_values: Sequence[int], title: str = "") -> None:
@@ -49,24 +51,38 @@ def mlflow_metrics(results: Metrics) -> dict[str, float]:
     }
 
 
-def log_to_mlflow(
-    results: Metrics, cfg: Config, ctx: DistContext, run_id: str = "",
+def markdown_table(results: Metrics, recall_values: Sequence[int]) -> str:
+    """The rows of `results` as a markdown table of recall@N (%), with the query counts when
+    every row has them (as MLflow renders a run's description)."""
+    counts = all("queries" in m for m in results.values())
+    header = ["", *(f"R@{n}" for n in recall_values), *(["queries"] if counts else [])]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for label, m in results.items():
+        cells = [label, *(f"{m[f'recall_at_{n}']:.1f}" for n in recall_values)]
+        lines.append("| " + " | ".join(cells + ([str(int(m["queries"]))] if counts else [])) + " |")
+    return "\n".join(lines)
+
+
+def log_evaluation(
+    results: Metrics, cfg: Config, ctx: DistContext, uri: str, name: str,
+    parent_run_id: str = "", tags: dict[str, str] | None = None,
     artifacts: Sequence[Path] = (), step: int = 0,
 ) -> str:
-    """Log on the run being evaluated (`run_id`) if it is in the store, else on a new run,
-    at `step` (the checkpoint's training step, so the values sit at the end of its curves).
+    """An evaluation as its own MLflow run (tracking.py: `open_evaluation_run`), a child of the
+    training run `parent_run_id` when the store at `uri` holds it: the eval config as params,
+    `<split>_recall_at_N` at `step` (the checkpoint's training step), the table as its
+    description, `artifacts` (results.json, plots). The training run is left as it was.
 
-    Returns the run id used ("" when tracking is off or this is not rank 0).
+    Returns the new run's id ("" when tracking is off or this is not rank 0).
     """
     if not (cfg.tracking.enabled and ctx.is_main):
         return ""
-    try:
-        tracker = Tracker(cfg, ctx, run_id=run_id)
-    except Exception as e:  # a run id from another store: keep the numbers on a new run
-        log.warning("MLflow run %s not usable (%s): logging to a new run", run_id, e)
-        tracker = Tracker(cfg, ctx)
-    tracker.log_metrics(mlflow_metrics(results), step=step)
+    run = open_evaluation_run(uri, cfg.tracking.experiment, name, tags or {}, parent_run_id)
+    run.log_params(flatten({"eval": to_dict(cfg.eval), "model": to_dict(cfg.model)}))
+    run.log_metrics(mlflow_metrics(results), step=step)
+    run.set_description(markdown_table(results, cfg.eval.recall_values))
     for path in artifacts:
-        tracker.log_artifacts(path, "eval")
-    tracker.finish()
-    return tracker.run_id
+        run.log_artifacts(path)
+    run.finish()
+    log.info("MLflow run '%s': %s", name, run.browse_hint)
+    return run.run_id

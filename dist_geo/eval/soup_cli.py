@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset root whose --split scores the soups")
     parser.add_argument("--split", default="val", help="split that scores (default: val)")
     parser.add_argument("--out", required=True, help="soup state-dict file to write (.pth)")
-    add_config_arguments(parser)
+    add_config_arguments(parser, "model.backbone=resnet50 model.fc_output_dim=2048")
 
 
 def _save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:

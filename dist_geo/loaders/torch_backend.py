@@ -33,6 +33,7 @@ from dist_geo.loaders.augment import torch_transform
 from dist_geo.loaders.contract import FaultCounter, RankShards, derive_seed
 from dist_geo.shards.manifest import decode_label
 from dist_geo.shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
+from dist_geo.signals import ignore_stop_signals
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class ShardStream(IterableDataset):
         self.seed, self.start_batch, self.passes, self.decode = seed, start_batch, passes, decode
         self.batch_size = cfg.train.per_rank_batch(share.world)
         self.buffer = cfg.data.shuffle_buffer
+        self.max_pixels = cfg.data.max_image_pixels
         self.transform = torch_transform(cfg.data.augment, cfg.data.image_size)
         self.faults: list[Fault] = []
 
@@ -97,7 +99,7 @@ class ShardStream(IterableDataset):
             try:
                 item = {"key": sample["__key__"], "label": decode_label(sample["cls"])}
                 if self.decode:
-                    image = decode_rgb(sample["jpg"])
+                    image = decode_rgb(sample["jpg"], self.max_pixels)
                     with torch.random.fork_rng(devices=[]):  # the CPU generator only:
                         torch.default_generator.manual_seed(derive_seed(self.seed, role, n))
                         item["image"] = self.transform(image)
@@ -155,6 +157,7 @@ class TorchTrainLoader:
         self._loader = DataLoader(
             stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
             persistent_workers=False, prefetch_factor=2 if workers else None,
+            worker_init_fn=ignore_stop_signals,  # the rank finishes its step on SIGTERM/SIGINT
         )
         self._iter = iter(self._loader)
 

@@ -22,6 +22,7 @@ heads, optimizers, RNG states) is training's: dist_geo/train/checkpoint.py.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,11 @@ MANIFEST = "manifest.json"
 
 
 def verified_file(directory: Path, manifest: dict[str, Any], name: str) -> Path:
-    """`directory/name`, after checking it exists and matches its sha256 in the manifest."""
+    """`directory/name`, after checking it lies inside `directory` (a manifest naming
+    `../x`, or a link pointing out, is refused), exists and matches its sha256 in the manifest."""
     path = directory / name
+    if not path.resolve().is_relative_to(directory.resolve()):
+        raise CheckpointError(f"{directory / MANIFEST}: names {name!r}, outside the checkpoint")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file missing")
     if not matches(path, manifest["files"].get(name)):
@@ -52,7 +56,18 @@ def load_file(directory: Path, manifest: dict[str, Any], name: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle and format errors all mean "unusable file"
-        raise CheckpointError(f"{path}: unreadable checkpoint file ({e})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({_why(e)})") from None
+
+
+def _why(error: Exception) -> str:
+    """One line on why torch.load failed. Its weights_only refusal is a paragraph advising to
+    retry with weights_only=False (that would run the file's code): only its reason is kept."""
+    text = str(error)
+    refusal = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: was not an allowed global|\n|$)",
+                        text)
+    if refusal:
+        return f"not plain tensors: {refusal.group(1)}; only tensors and containers are loaded"
+    return f"{type(error).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
 
 
 def resolve(directory: str | Path) -> Path:
@@ -77,8 +92,15 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def config_file(directory: str | Path) -> Path:
+    """The checkpoint's config.yaml, checked against the manifest like every other file (an
+    edited config would rebuild another network than the one its weights fit)."""
+    directory = resolve(directory)
+    return verified_file(directory, read_manifest(directory), "config.yaml")
+
+
 def load_config(directory: str | Path) -> Config:
-    return build_config(resolve(directory) / "config.yaml")
+    return build_config(config_file(directory))
 
 
 def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -96,5 +118,5 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") 
     return model.to(device).eval()
 
 
-__all__ = ["FORMAT", "MANIFEST", "load_config", "load_file", "load_model", "read_manifest",
-           "resolve", "verified_file"]
+__all__ = ["FORMAT", "MANIFEST", "config_file", "load_config", "load_file", "load_model",
+           "read_manifest", "resolve", "verified_file"]

@@ -22,8 +22,10 @@ Forward, on every rank, for local embeddings x_r [B, D] and labels y_r [B]:
    softmax_ic = exp(z_ic - M_i) / sumexp_i uses the global normaliser saved in forward. So the
    grads of the rank's own rows W_r are exact: dW_r = dL/dW_r of the unsharded head.
 5. The gathered X receives, on rank r, only the part of dL/dX that flows through shard r's
-   columns; torch.distributed.nn.functional.all_gather's backward sums these over ranks and
-   hands rank r its own rows (reduce-scatter; all-to-all + sum on gloo), i.e. dL/dx_r exactly.
+   columns; the functional all-gather's backward (`all_gather_single` of
+   torch.distributed._functional_collectives, which replaces the deprecated
+   torch.distributed.nn.functional.all_gather) sums these over ranks and hands rank r its
+   own rows (a reduce-scatter), i.e. dL/dx_r exactly.
 
 Gradient-scaling convention (what the trainer relies on). The backbone is data parallel: its
 grads are AVERAGED over the `world` ranks by DDP/DeepSpeed. The unsharded gradient of the
@@ -50,7 +52,7 @@ import math
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
+import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 
@@ -59,6 +61,7 @@ from dist_geo.distributed import DistContext
 from dist_geo.model.margins import margin_from_config
 
 INIT_BLOCK = 4096  # classes per init generator: the init is independent of the world size
+NORM_EPS = 1e-12  # F.normalize's default
 
 
 def class_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
@@ -102,6 +105,35 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.scale, None
+
+
+class _RowCosine(torch.autograd.Function):
+    """cos [N, C] of unit rows x [N, D] against the rows of `weight` [C, D]: x w_c / |w_c|.
+
+    Memory: autograd through F.linear(x, F.normalize(weight)) keeps the normalised copy of the
+    weight until backward, which then adds two more weight-sized buffers; with a rank's shard of
+    a million classes that is gigabytes. Here the copy lives only while the cosines are
+    computed (so they are the same numbers as before, bit for bit), and the weight's gradient
+    is built in one buffer: dcos_ic/dw_c = (x_i - cos_ic w_c / |w_c|) / |w_c| (no norm term
+    where F.normalize's eps clamps the norm).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        cos = F.linear(x, F.normalize(weight))
+        norm = weight.norm(dim=1)
+        ctx.save_for_backward(x, weight, norm.clamp_min(NORM_EPS).reciprocal(), cos,
+                              norm > NORM_EPS)
+        return cos
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, weight, inv_norm, cos, unclamped = ctx.saved_tensors
+        g = grad * inv_norm
+        grad_weight = g.t() @ x
+        along = (g * cos).sum(dim=0) * inv_norm * unclamped  # no norm gradient where clamped
+        grad_weight.addcmul_(weight, along[:, None], value=-1.0)
+        return g @ weight, grad_weight
 
 
 class _ShardedSoftmaxCE(torch.autograd.Function):
@@ -173,7 +205,8 @@ class ShardedMarginHead(nn.Module):
     def _gather(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.world_size == 1:
             return embeddings, labels
-        embeddings = torch.cat(dist_fn.all_gather(_ScaleGrad.apply(embeddings, self.world_size)))
+        embeddings = funcol.all_gather_single(
+            _ScaleGrad.apply(embeddings, self.world_size), 0, dist.group.WORLD)
         gathered = [torch.empty_like(labels) for _ in range(self.world_size)]
         dist.all_gather(gathered, labels)
         return embeddings, torch.cat(gathered)
@@ -193,7 +226,10 @@ class ShardedMarginHead(nn.Module):
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
         embeddings, labels = self._gather(local_embeddings, local_labels)
-        if labels.min() < 0 or labels.max() >= self.num_classes:
+        valid = ((labels >= 0) & (labels < self.num_classes)).all()
+        if labels.is_cuda:  # checked on the device: reading it here would wait for the GPU
+            torch._assert_async(valid, f"labels must be in [0, {self.num_classes})")
+        elif not valid:
             raise ValueError(
                 f"labels must be in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]"
             )
@@ -206,7 +242,7 @@ class ShardedMarginHead(nn.Module):
             self.sample_step += 1
         # float32 whatever the engine's precision or autocast: s=64 logits need the range
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            cos = F.linear(F.normalize(embeddings.float()), F.normalize(weight.float()))
+            cos = _RowCosine.apply(F.normalize(embeddings.float()), weight.float())
             target = torch.zeros_like(cos, dtype=torch.bool)
             rows = (target_col >= 0).nonzero(as_tuple=True)[0]
             target[rows, target_col[rows]] = True
@@ -227,6 +263,16 @@ class ShardedMarginHead(nn.Module):
         dist.all_gather(gathered, padded)
         ranges = [class_range(self.num_classes, r, self.world_size) for r in range(self.world_size)]
         return torch.cat([g[: end - start] for g, (start, end) in zip(gathered, ranges)])
+
+
+def memory_bytes(head: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Bytes this rank holds for a head between steps: its parameters and, with `optimizer`,
+    their optimizer state (Adam: exp_avg, exp_avg_sq, step), summed over the tensors
+    themselves. Gradients are not counted: the trainer frees them after every step."""
+    params = list(head.parameters())
+    state = [optimizer.state.get(p, {}) for p in params] if optimizer is not None else []
+    return sum(p.nbytes for p in params) + sum(
+        v.nbytes for s in state for v in s.values() if torch.is_tensor(v))
 
 
 def build_head(

@@ -26,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="skip unparsable names and unreadable images instead of failing")
     parser.add_argument("--verify", metavar="OUT",
                         help="check the shards of OUT against their manifest instead of writing")
-    add_config_arguments(parser)
+    add_config_arguments(parser, "data.M=20 data.alpha=60 data.groups_num=4")
 
 
 def _data_key(text: str) -> str:

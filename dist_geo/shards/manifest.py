@@ -7,7 +7,7 @@ at the top of the repository, the default place shard sets are written to.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -87,9 +87,33 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
         ) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: manifest is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or "groups" not in manifest:
-        raise DataError(f"{path}: manifest has no 'groups' entry")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("groups"), list):
+        raise DataError(f"{path}: manifest has no 'groups' list")
+    for g, group in enumerate(manifest["groups"]):
+        _check_group(group, f"{path}: group {g}")
     return manifest
+
+
+def _check_group(group: Any, where: str) -> None:
+    """What the readers rely on in one group entry: a class count that matches the class ids
+    the shards were labelled with, and shard entries inside the folder with count and sha256
+    (a hand-edited manifest otherwise fails later with an unnamed KeyError or label error)."""
+    try:
+        num_classes, class_ids, shards = group["num_classes"], group["class_ids"], group["shards"]
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{where}: entry without {e} (rewrite the shards)") from None
+    listed = len(class_ids) if isinstance(class_ids, list) else 0
+    if not isinstance(num_classes, int) or num_classes != listed or listed < 1:
+        raise DataError(f"{where}: num_classes={num_classes!r} but {listed} class ids are "
+                        f"listed (edited?); rewrite the shards")
+    for s, entry in enumerate(shards):
+        missing = [k for k in ("file", "samples", "sha256") if k not in entry]
+        if missing:
+            raise DataError(f"{where}: shard entry {s} has no {', '.join(missing)} "
+                            f"(rewrite the shards)")
+        file = PurePosixPath(entry["file"])
+        if file.is_absolute() or ".." in file.parts:
+            raise DataError(f"{where}: shard file {entry['file']!r} lies outside the folder")
 
 
 def group_entry(manifest: dict[str, Any], group_index: int, out_dir: Path) -> dict[str, Any]:

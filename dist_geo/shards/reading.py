@@ -4,7 +4,8 @@ webdataset's own tar expander hands its error handler an exception that names th
 the member being read, so a truncated shard could not be reported by key. This reader (used by
 `verify_shards` and the torch loader) streams the tar with `tarfile` and groups the members of
 a sample by key, as webdataset does (`<key>.<ext>`, members of a key contiguous).
-`decode_rgb` is the torch loader's image decoder; an image is judged by the decoder that will
+`decode_rgb` is the torch loader's image decoder (evaluation's too); it checks the header's
+pixel count before decoding (dist_geo/images.py). An image is judged by the decoder that will
 read it (`judge_images` with `torch_image_check`, or dali_check.py's DALI check), so the
 verifier and the DALI loader's search for what its decoder failed on reject what the loader
 would.
@@ -19,6 +20,9 @@ from typing import Any
 
 import torch
 from torchvision.io import ImageReadMode, decode_image
+
+from dist_geo.config import DataConfig
+from dist_geo.images import open_checked
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,11 @@ class ShardReadError(Exception):
         self.fault = fault
 
 
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """A uint8 [3, H, W] image from encoded bytes; ValueError saying why it cannot be decoded."""
+def decode_rgb(data: bytes, max_pixels: int = DataConfig.max_image_pixels) -> torch.Tensor:
+    """A uint8 [3, H, W] image from encoded bytes; ValueError saying why it cannot be decoded
+    (dist_geo.images.ImageError when its header promises more than `max_pixels` pixels)."""
+    with open_checked(data, max_pixels):  # the header only, before any pixel is decoded
+        pass
     try:
         return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as e:
@@ -52,12 +59,13 @@ def decode_rgb(data: bytes) -> torch.Tensor:
 ImageCheck = Callable[[list[bytes]], list[str]]
 
 
-def torch_image_check(images: list[bytes]) -> list[str]:
-    """The torch loader's verdicts (torchvision's decoder)."""
+def torch_image_check(images: list[bytes],
+                      max_pixels: int = DataConfig.max_image_pixels) -> list[str]:
+    """The torch loader's verdicts (torchvision's decoder, headers over `max_pixels` refused)."""
     verdicts = []
     for image in images:
         try:
-            decode_rgb(image)
+            decode_rgb(image, max_pixels)
             verdicts.append("")
         except ValueError as e:
             verdicts.append(str(e))

@@ -7,6 +7,7 @@ sample key.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class VerifyReport:
 def image_check(data_cfg: DataConfig) -> ImageCheck:
     """The image verdicts of the loader data_cfg.loader names."""
     if data_cfg.loader == "torch":
-        return torch_image_check
+        return functools.partial(torch_image_check, max_pixels=data_cfg.max_image_pixels)
     try:  # imported here: a machine without DALI verifies with data.loader=torch
         from dist_geo.shards.dali_check import DaliImageCheck
     except ImportError as e:

@@ -25,7 +25,6 @@ that exist. `manifest.json` is written last.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -33,16 +32,17 @@ import random
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
 from webdataset import TarWriter
 from wds2idx import IndexCreator
 
 from dist_geo.atomic import atomic_path, write_json
+from dist_geo.bulk import gc_paused
 from dist_geo.checksums import sha256_file
 from dist_geo.config import DataConfig
 from dist_geo.data.groups import Group, build_groups
 from dist_geo.data.vg_format import ImageRecord, list_images
 from dist_geo.errors import DataError
+from dist_geo.images import ImageError, open_checked
 from dist_geo.shards.manifest import (
     MANIFEST, PARAMS, encode_label, group_dir, index_entries, index_path, shard_name,
     shard_params,
@@ -55,6 +55,11 @@ MANIFEST_VERSION = 1
 
 def plan_samples(group: Group, sampling: str, rng: random.Random) -> list[tuple[int, ImageRecord]]:
     """The group's sample sequence as (local class index, image), see the module docstring."""
+    with gc_paused():  # a tuple per sample, millions for a large group (dist_geo/bulk.py)
+        return _plan(group, sampling, rng)
+
+
+def _plan(group: Group, sampling: str, rng: random.Random) -> list[tuple[int, ImageRecord]]:
     if sampling == "image_uniform":
         samples = [(c, img) for c, imgs in enumerate(group.images) for img in imgs]
         rng.shuffle(samples)
@@ -71,13 +76,16 @@ def plan_samples(group: Group, sampling: str, rng: random.Random) -> list[tuple[
     return samples
 
 
-def _read_image(record: ImageRecord) -> bytes:
-    """The image file's bytes, checked to be an image PIL recognises (header only, no decode)."""
+def _read_image(record: ImageRecord, max_pixels: int) -> bytes:
+    """The image file's bytes, checked to be an image PIL recognises of at most `max_pixels`
+    pixels (header and structure only, no decode: dist_geo/images.py)."""
     try:
         data = Path(record.path).read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
+        with open_checked(data, max_pixels) as im:
             im.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+    except ImageError as e:
+        raise DataError(f"{record.path}: {e}") from None
+    except (OSError, SyntaxError) as e:
         raise DataError(f"{record.path}: unreadable image ({e})") from None
     return data
 
@@ -130,7 +138,7 @@ def _write_group(g: int, group: Group, out_dir: Path, data_cfg: DataConfig,
             samples = []
             for pos, (label, record) in enumerate(plan[start:start + data_cfg.shard_size], start):
                 try:
-                    data = _read_image(record)
+                    data = _read_image(record, data_cfg.max_image_pixels)
                 except DataError as e:
                     if not skip_bad:
                         raise
@@ -153,9 +161,13 @@ def _write_group(g: int, group: Group, out_dir: Path, data_cfg: DataConfig,
 
 
 def _claim(out_dir: Path, params: dict[str, Any]) -> None:
-    """Record what this folder holds; refuse to mix shards of other parameters into it."""
+    """Record what this folder holds; refuse to mix shards of other parameters into it.
+
+    Only finished shards are worth protecting: a run that failed before writing any (a bad
+    image, too few groups) leaves its parameters to be replaced by the corrected run's.
+    """
     path = out_dir / PARAMS
-    if path.exists():
+    if path.exists() and any(out_dir.glob("group_*/shard-*.tar")):
         old = json.loads(path.read_text())
         if old != params:
             diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
@@ -172,13 +184,15 @@ def write_shards(dataset_root: str | Path, out_dir: str | Path, data_cfg: DataCo
                  split: str = "train") -> dict[str, Any]:
     """Shards of the first `data_cfg.groups_num` groups of `<dataset_root>/<split>`; the manifest.
 
-    `data_cfg.skip_bad` skips (and lists in the manifest) images whose name does not parse or
-    whose file is not an image, instead of stopping with a DataError.
+    `data_cfg.skip_bad` skips (and lists in the manifest) images whose name does not parse,
+    whose file is not an image or whose header promises more than `data_cfg.max_image_pixels`
+    pixels, instead of stopping with a DataError.
     """
     dataset_root, out_dir = Path(dataset_root).resolve(), Path(out_dir)
     params = {"dataset": str(dataset_root), "split": split, **shard_params(data_cfg)}
     _claim(out_dir, params)
     records, bad_names = list_images(dataset_root / split, skip_bad=data_cfg.skip_bad)
+    num_images = len(records)
     groups = build_groups(records, data_cfg.M, data_cfg.alpha, data_cfg.N, data_cfg.L,
                           data_cfg.min_images_per_class, cache_dir=out_dir / "groups_cache")
     if len(groups) < data_cfg.groups_num:
@@ -186,9 +200,12 @@ def write_shards(dataset_root: str | Path, out_dir: str | Path, data_cfg: DataCo
             f"{dataset_root / split}: only {len(groups)} groups with classes of >= "
             f"{data_cfg.min_images_per_class} images, data.groups_num={data_cfg.groups_num}"
         )
+    # From here on only the written groups' images are needed (SF-XL: 8 groups of 50, a sixth
+    # of its 41M records): the rest are freed before the hours of writing.
+    del records, groups[data_cfg.groups_num:]
     manifest = {
         "version": MANIFEST_VERSION, **params,
-        "num_images": len(records), "skipped_names": bad_names,
+        "num_images": num_images, "skipped_names": bad_names,
         "groups": [_write_group(g, groups[g], out_dir, data_cfg, data_cfg.skip_bad)
                    for g in range(data_cfg.groups_num)],
     }

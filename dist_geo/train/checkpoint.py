@@ -18,12 +18,14 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from dist_geo.atomic import atomic_dir, publish_dir, staging_path, write_json
 from dist_geo.checksums import checksum_files
@@ -61,8 +63,14 @@ def head_file(group: int, rank: int) -> str:
 
 
 def _save(obj: Any, path: Path) -> None:
+    """torch.save through a Python file: a full disk then raises the OS error naming the
+    file, where torch's own writer says "[enforce fail at inline_container.cc] unexpected pos"."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, path)
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def fp32_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -131,44 +139,73 @@ def save_checkpoint(
     heads: list[torch.nn.Module],
     head_optimizers: list[torch.optim.Optimizer],
 ) -> Path:
-    """Collective: every rank calls it; returns the final folder once rank 0 has renamed it."""
+    """Collective: every rank calls it; returns the final folder once rank 0 has renamed it.
+
+    If any rank cannot write its part (a full disk, a quota), every rank raises the same
+    CheckpointError naming the folder and the OS error, and the previous checkpoint is kept.
+    """
     tmp = staging_path(directory)
-    if ctx.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    ctx.barrier()
-    r = ctx.rank
-    if ctx.is_main:
-        save_config(cfg, tmp / "config.yaml")
-        _save(fp32_state_dict(engine.module), tmp / "model.pt")
-        _save(engine.lr_scheduler.state_dict(), tmp / "engine/scheduler.pt")
-    if cfg.train.zero_stage > 0:
-        _save(engine_optimizer_state(engine), tmp / f"engine/optimizer_rank{r:03d}.pt")
-    elif ctx.is_main:
-        _save(engine_optimizer_state(engine), tmp / "engine/optimizer.pt")
-    for g, (head, optimizer) in enumerate(zip(heads, head_optimizers)):
-        _save({"weight": head.weight.detach().cpu(), "optimizer": optimizer.state_dict()},
-              tmp / head_file(g, r))
-    tensors, plain = rng_state()
-    _save(tensors, tmp / f"rng/rank_{r:03d}.pt")
-    write_json(tmp / f"rng/rank_{r:03d}.json", plain, indent=1)
-    ctx.barrier()
-    if ctx.is_main:
-        manifest = {
-            "format": FORMAT,
-            "world_size": ctx.world_size,
-            "zero_stage": cfg.train.zero_stage,
-            "position": vars(state.position),
-            "mlflow_run_id": state.mlflow_run_id,
-            "best_recall_at_1": state.best_recall_at_1,
-            "best_epoch": state.best_epoch,
-            "metrics": state.metrics,
-            "groups": [{"num_classes": int(h.num_classes)} for h in heads],
-        }
-        _seal(tmp, manifest)
-        publish_dir(tmp, directory)
-    ctx.barrier()
+
+    def prepare() -> None:
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+
+    def write_rank_files() -> None:
+        r = ctx.rank
+        if ctx.is_main:
+            save_config(cfg, tmp / "config.yaml")
+            _save(fp32_state_dict(engine.module), tmp / "model.pt")
+            _save(engine.lr_scheduler.state_dict(), tmp / "engine/scheduler.pt")
+        if cfg.train.zero_stage > 0:
+            _save(engine_optimizer_state(engine), tmp / f"engine/optimizer_rank{r:03d}.pt")
+        elif ctx.is_main:
+            _save(engine_optimizer_state(engine), tmp / "engine/optimizer.pt")
+        for g, (head, optimizer) in enumerate(zip(heads, head_optimizers)):
+            _save({"weight": head.weight.detach().cpu(), "optimizer": optimizer.state_dict()},
+                  tmp / head_file(g, r))
+        tensors, plain = rng_state()
+        _save(tensors, tmp / f"rng/rank_{r:03d}.pt")
+        write_json(tmp / f"rng/rank_{r:03d}.json", plain, indent=1)
+
+    def publish() -> None:
+        if ctx.is_main:
+            _seal(tmp, {
+                "format": FORMAT,
+                "world_size": ctx.world_size,
+                "zero_stage": cfg.train.zero_stage,
+                "position": vars(state.position),
+                "mlflow_run_id": state.mlflow_run_id,
+                "best_recall_at_1": state.best_recall_at_1,
+                "best_epoch": state.best_epoch,
+                "metrics": state.metrics,
+                "groups": [{"num_classes": int(h.num_classes)} for h in heads],
+            })
+            publish_dir(tmp, directory)
+
+    for part in (prepare, write_rank_files, publish):
+        _together(part, ctx, directory, tmp)
     return directory
+
+
+def _together(part: Callable[[], None], ctx: DistContext, directory: Path, tmp: Path) -> None:
+    """This rank's `part` of writing checkpoint `directory`, then every rank's outcome on every
+    rank (in place of a barrier): a rank raising alone would leave the others waiting."""
+    error = ""
+    try:
+        part()
+    except OSError as e:
+        error = str(e)  # "[Errno 28] No space left on device: '<file>'"
+    errors = [error]
+    if ctx.is_distributed:
+        errors = [""] * ctx.world_size
+        dist.all_gather_object(errors, error)
+    failed = next((e for e in errors if e), "")
+    if failed:
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{directory}: checkpoint not written ({failed}); the previous "
+                              "one is kept")
 
 
 def _seal(folder: Path, manifest: dict[str, Any]) -> None:
@@ -188,9 +225,30 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
 
     Files are hard-linked when possible: checkpoint files are never modified in place (a new
     checkpoint is a new folder renamed over the old one), so sharing them is safe and free.
+    CheckpointError naming `dst` and the OS error if it cannot be written (the old one stays).
     """
-    with atomic_dir(dst) as tmp:
-        shutil.copytree(src, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
+    try:
+        with atomic_dir(dst) as tmp:
+            shutil.copytree(src, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"{dst}: checkpoint not written ({e}); the previous one is "
+                              "kept") from None
+
+
+def check_run_folder(cfg: Config) -> bool:
+    """Whether `train.out` holds checkpoints of an earlier run that this config replaces
+    (`train.overwrite`). A config that neither resumes nor overwrites them is refused: a re-run
+    would silently replace their last and best."""
+    out = Path(cfg.train.out)
+    earlier = any((out / "checkpoints").glob(f"*/{MANIFEST}")) or any(
+        (out / "checkpoints").glob(f".*.old/{MANIFEST}"))
+    if not earlier or cfg.train.resume:
+        return False
+    if not cfg.train.overwrite:
+        raise CheckpointError(
+            f"{out}: holds the checkpoints of an earlier run; continue it with "
+            "train.resume=true, or replace it with train.overwrite=true")
+    return True
 
 
 def read_head(
@@ -246,8 +304,9 @@ def reslice_checkpoint(src: str | Path, dst: str | Path, new_world: int) -> Path
     with atomic_dir(dst) as tmp:
         for name in manifest["files"]:
             if not name.startswith(("heads/", "rng/")):
+                source = verified_file(src, manifest, name)  # inside src, and intact
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / name, tmp / name)
+                shutil.copy2(source, tmp / name)
         for g in range(len(manifest["groups"])):
             parts = [load_file(src, manifest, head_file(g, r))
                      for r in range(manifest["world_size"])]
@@ -257,7 +316,8 @@ def reslice_checkpoint(src: str | Path, dst: str | Path, new_world: int) -> Path
             old_r = r if r < manifest["world_size"] else 0
             for ext in ("pt", "json"):
                 (tmp / "rng").mkdir(exist_ok=True)
-                shutil.copy2(src / f"rng/rank_{old_r:03d}.{ext}", tmp / f"rng/rank_{r:03d}.{ext}")
+                shutil.copy2(verified_file(src, manifest, f"rng/rank_{old_r:03d}.{ext}"),
+                             tmp / f"rng/rank_{r:03d}.{ext}")
         _seal(tmp, {**manifest, "world_size": new_world})
     return dst
 

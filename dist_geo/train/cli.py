@@ -18,15 +18,28 @@ from pathlib import Path
 from dist_geo import subcommand
 from dist_geo.atomic import write_json
 from dist_geo.config import Config
-from dist_geo.config_args import add_config_arguments, config_from_args
+from dist_geo.config_args import SHOW, add_config_arguments, config_from_args
 from dist_geo.distributed import elastic_restart_count, init_distributed, shutdown
+from dist_geo.logs import set_level
+from dist_geo.tracking import MlflowRun, tracking_uri
 from dist_geo.train.trainer import EpochHook, train
 
 log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = f"""\
+every config key, with its default, range and meaning:
+  {SHOW}
+
+examples:
+  dist-geo train --config demo data.dataset=runs/demo/world data.shards=runs/demo/shards \\
+      train.out=runs/mine loss.name=arcface
+  torchrun --standalone --nproc_per_node=8 -m dist_geo.train.cli --config default \\
+      data.dataset=/data/sf_xl/processed data.shards=runs/sfxl_shards train.out=runs/sfxl
+  (many GPUs and nodes: launch/README.md)"""
+    add_config_arguments(parser, "loss.name=arcface loss.s=64 train.batch_size=64")
     parser.add_argument("--result", help="write train()'s result as JSON to this file (rank 0)")
     parser.add_argument("--epoch-log", help="append a JSON line per finished epoch to this file "
                         "(rank 0): epoch, metrics, checkpoint folder")
@@ -53,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     ctx = init_distributed(cfg.train.device)
     if not ctx.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
+        set_level(logging.WARNING)
     last = Path(cfg.train.out) / "checkpoints" / "last" / "manifest.json"
     if elastic_restart_count() > 0 and last.exists():
         log.info("elastic restart %d: resuming from %s", elastic_restart_count(), last.parent)
@@ -63,6 +76,9 @@ def main(args: argparse.Namespace) -> int:
                        if args.epoch_log else None)
         if ctx.is_main and args.result:
             write_json(args.result, result, indent=1)
+        if ctx.is_main and result["mlflow_run_id"]:
+            run = MlflowRun(tracking_uri(cfg), result["mlflow_run_id"])
+            log.info("the run in MLflow's UI: %s", run.browse_hint)
     finally:
         shutdown()
     return 0

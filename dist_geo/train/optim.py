@@ -23,11 +23,17 @@ from dist_geo.config import OptimConfig, SchedConfig
 def build_optimizer(
     params: Iterable[torch.nn.Parameter], optim_cfg: OptimConfig, lr: float
 ) -> torch.optim.Optimizer:
+    """The optimizer `optim_cfg` names over the trainable `params`.
+
+    Adam and AdamW use torch's fused kernels (`fused=True`, CPU and CUDA): the same update as
+    the default implementation to rounding, which on the CPU runs a Python loop over tensors
+    (measured here: 7 ms against over 100 ms per ResNet-18 step on 2 cores).
+    """
     params = [p for p in params if p.requires_grad]
     if optim_cfg.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=optim_cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=optim_cfg.weight_decay, fused=True)
     if optim_cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=optim_cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=optim_cfg.weight_decay, fused=True)
     return torch.optim.SGD(
         params, lr=lr, momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay
     )

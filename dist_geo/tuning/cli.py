@@ -11,6 +11,7 @@ place and a wheel carries a copy as package data (setup.cfg).
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 from dist_geo.config import ConfigError
@@ -20,7 +21,26 @@ from dist_geo.tuning.sweep import load_sweep
 BUNDLED = Path(__file__).parent / "sweeps"
 
 
+def bundled_sweeps() -> dict[str, str]:
+    """Each bundled sweep's name and the first sentence of its file's leading comment."""
+    sweeps = {}
+    for path in sorted(BUNDLED.glob("*.yaml")):
+        comment = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            comment.append(line.lstrip("# "))
+        sweeps[path.stem] = " ".join(comment).split(". ")[0].rstrip(".") + "."
+    return sweeps
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    listing = [textwrap.fill(text, 92, initial_indent=f"  {name:<16}",
+                             subsequent_indent=" " * 18) for name, text in bundled_sweeps().items()]
+    parser.epilog = ("bundled sweeps (tuning/sweeps/; writing one: tuning/README.md):\n"
+                     + "\n".join(listing) + "\n\nexample:\n  dist-geo tune loss_study "
+                     "data.dataset=runs/demo/world train.epochs_num=2")
     parser.add_argument("sweep", help="sweep YAML file, or a bundled sweep's name")
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value",

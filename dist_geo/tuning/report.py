@@ -21,7 +21,7 @@ from rich.table import Table
 
 from dist_geo.atomic import atomic_path
 from dist_geo.config import save_config
-from dist_geo.tracking import MlflowRun, open_experiment
+from dist_geo.tracking import MlflowRun, open_experiment, store_uri
 from dist_geo.tuning.sweep import Sweep
 from dist_geo.tuning.trainable import STOPPED_EARLY_TAG, find_child_run
 
@@ -40,8 +40,8 @@ class ParentRun:
 
 def open_parent_run(sweep: Sweep, out: Path) -> ParentRun:
     """The sweep's parent run: created once, found again by its output folder on resume."""
-    uri = sweep.base["tracking.uri"] or f"sqlite:///{out / 'mlflow.db'}"
-    experiment_id = open_experiment(uri, sweep.base["tracking.experiment"], out / "mlartifacts")
+    uri = sweep.base["tracking.uri"] or store_uri(out)
+    experiment_id = open_experiment(uri, sweep.base["tracking.experiment"])
     run = MlflowRun.find(uri, experiment_id, {SWEEP_TAG: str(out)})
     if run:
         run.resume()

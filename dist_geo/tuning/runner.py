@@ -18,13 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 import ray
+import ray._private.ray_constants as ray_constants
 from ray import tune
+from ray._raylet import AuthenticationMode, get_authentication_mode
+from ray._raylet import Config as RayConfig
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from dist_geo.atomic import atomic_path
 from dist_geo.config import ConfigError
-from dist_geo.errors import DataError
+from dist_geo.errors import DataError, DistGeoError
 from dist_geo.shards.manifest import MANIFEST, shards_dir
 from dist_geo.shards.writer import write_shards
 from dist_geo.tuning import report
@@ -33,6 +36,7 @@ from dist_geo.tuning.trainable import TrialSpec, run_trial
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "ray"
+LOOPBACK = "127.0.0.1"
 PATH_KEYS = ("data.dataset", "data.shards", "model.weights", "train.deepspeed_config")
 
 
@@ -135,14 +139,36 @@ def ensure_shards(sweep: Sweep) -> Path:
 
 
 def init_ray(address: str | None) -> None:
-    """Join `address`, or start a local Ray on this machine's CPUs (no dashboard)."""
+    """Join `address` (a cluster, on its own terms), or start a local Ray on this machine's
+    CPUs that no one else can reach: listening on 127.0.0.1 only, with Ray's token
+    authentication, and no dashboard; Ray's own start-up lines at WARNING, as every
+    library's (dist_geo/logs.py).
+
+    Ray >= 2.52 authenticates every call with a token when `RAY_AUTH_MODE=token` (it writes
+    one to ~/.ray/auth_token for a local cluster). Ray binds its servers (GCS, raylet, object
+    manager, workers) to the node's address, which for a cluster node is its network address
+    and, in Ray's single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, its default on
+    macOS and Windows), the loopback one. Ray reads both settings once, when it is imported
+    (ray 2.60): they are set in the environment, for the processes Ray starts, and refreshed
+    in this already imported one.
+    """
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    RayConfig.initialize("")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address=LOOPBACK,
+             logging_level=logging.WARNING)
+    node = ray.util.get_node_ip_address()
+    if node != LOOPBACK or get_authentication_mode() != AuthenticationMode.TOKEN:
+        ray.shutdown()
+        raise DistGeoError(f"this Ray ({ray.__version__}) would not keep a local cluster on "
+                           f"{LOOPBACK} with token authentication (it chose {node}); pass "
+                           "--address of a cluster you secured instead")
 
 
 class ResumableASHA(ASHAScheduler):

@@ -2,8 +2,8 @@
 
 The trial trains into `<sweep out>/trials/<trial id>` with `dist_geo.train.train`: in the
 trial's own process (`workers_per_trial: 1`), or as `workers_per_trial` data-parallel ranks
-started by our launcher (torchrun in a subprocess, `dist_geo.train.launch.start_local`), whose
-rank 0 appends every finished epoch to `epochs.jsonl` for the trial to follow. At every epoch
+started by our launcher (subprocesses on this machine, `dist_geo.train.launch.start_local`),
+whose rank 0 appends every finished epoch to `epochs.jsonl` for the trial to follow. At every epoch
 end it reports the epoch's metrics and the epoch's checkpoint folder to Tune, which is what
 ASHA reads to stop weak trials and what PBT copies to clone strong ones. A data-parallel trial
 that Tune stops takes its ranks down with it. A trial that Tune hands a checkpoint (PBT exploit, or a restored
@@ -60,9 +60,10 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     context = tune.get_context()
     out = trial_dir(spec.out, context.get_trial_id())
     resume = _restore_checkpoint(out)
-    cfg = spec.sweep.trial_config(
-        params, {"train.out": str(out), "train.resume": resume, "tracking.enabled": False}
-    )
+    # The trial's folder is Tune's: a trial restarted without a checkpoint starts over.
+    cfg = spec.sweep.trial_config(params, {
+        "train.out": str(out), "train.resume": resume, "train.overwrite": True,
+        "tracking.enabled": False})
     child = open_child_run(spec, context.get_trial_id(), context.get_trial_name(), params, cfg)
 
     def on_epoch_end(epoch: int, metrics: dict, checkpoint_dir: Path) -> None:
@@ -77,7 +78,7 @@ def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
 
 
 def train_data_parallel(cfg: Config, workers: int, on_epoch_end: EpochHook) -> None:
-    """`workers` ranks under torchrun; their epochs are handed to `on_epoch_end` as rank 0
+    """`workers` local ranks (start_local); their epochs are handed to `on_epoch_end` as rank 0
     writes them. Each epoch keeps its own checkpoint folder (`epoch_NNN`): `last` moves on while
     Tune copies the reported one."""
     cfg.train.keep_epoch_checkpoints = True

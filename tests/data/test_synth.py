@@ -1,14 +1,19 @@
 """The synthetic world: layout, valid names, determinism, and appearance tied to place."""
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import utm
 from PIL import Image
 
+from dist_geo.cli import main as cli_main
 from dist_geo.data.groups import build_groups
 from dist_geo.data.synth import write_world
-from dist_geo.data.synth.render import Lighting, render
+from dist_geo.data.synth.render import Lighting, render, sample_lighting, to_uint8
+from dist_geo.data.synth.writer import PRESETS, _panorama_crops
 from dist_geo.data.synth.world import generate_city, street_segments
 from dist_geo.data.vg_format import list_images
 from dist_geo.errors import DataError
@@ -93,3 +98,43 @@ def test_appearance_depends_on_place_and_heading():
         turned.append(np.abs(base - view(x, y, h + 120)).mean())
     assert np.mean(near) < 0.6 * np.mean(far)
     assert np.mean(near) < 0.6 * np.mean(turned)
+
+
+def test_a_panorama_crop_shows_the_heading_its_name_says():
+    """The crop labelled heading h is what a camera at the same place looking at h sees."""
+    spec = PRESETS["tiny"]
+    city = generate_city(np.random.default_rng(0), 3, 3)
+    light = sample_lighting(np.random.default_rng(1), "train")
+    x, y = 7.0, 30.0  # on a street
+    for heading, crop in _panorama_crops(city, spec, x, y, 100.0, 4, light):
+        direct = to_uint8(render(city, x, y, heading, spec.fov, spec.image_size,
+                                 spec.image_size, light), light)
+        assert np.abs(crop.astype(int) - direct.astype(int)).max() <= 1, heading
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--image-size", "0", "image_size=0"), ("--area", "-5", "area=-5.0")])
+def test_sizes_that_are_not_positive_are_refused(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "world"
+    assert cli_main(["synth", str(out), "--preset", "tiny", flag, value]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dist-geo synth: error: synthetic world: {message} must be a positive number")
+    assert not out.exists()
+
+
+def test_a_killed_writer_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "world"
+    sizes = dict(preset="tiny", train_images=600, queries=3, area=60.0, eval_area=60.0)
+    argv = [f"--{key.replace('_', '-')}={value}" for key, value in sizes.items()]
+    writer = subprocess.Popen([sys.executable, "-m", "dist_geo.cli", "synth", str(out), *argv],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = out / f".train.{writer.pid}.tmp"
+    deadline = time.monotonic() + 120
+    while not any(staging.glob("*/*.jpg")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    writer.kill()
+    writer.wait()
+    assert staging.is_dir()
+    write_world(out, **sizes)
+    assert not staging.exists() and (out / "world.json").is_file()
+    assert not list(out.glob(".*.tmp"))

@@ -1,9 +1,12 @@
 """Parsing and listing of VG-format image names."""
 import math
+from pathlib import Path
 
 import pytest
 
-from dist_geo.data.vg_format import format_name, images_paths_file, list_images, parse_name
+from dist_geo.data.vg_format import (
+    _file_name, _joined, format_name, images_paths_file, list_images, parse_name,
+)
 from dist_geo.errors import DataError
 
 SFXL = "@0543256.96@4178906.70@10@S@037.75643@-122.43472@0001000000@@0@@@@201311@@.jpg"
@@ -76,3 +79,19 @@ def test_missing_or_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images"):
         list_images(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("line", [
+    "a/b.jpg", "/abs/b.jpg", "a//b.jpg", "./a/b.jpg", "a/./b.jpg", "a/b/", "a/b/.", ".", "//x/y",
+    "a/../b.jpg", ".hidden/b.jpg",
+])
+@pytest.mark.parametrize("base", ["/", "/data/sf_xl/train"])
+def test_paths_are_joined_and_named_as_pathlib_does(base, line):
+    assert _joined(Path(base), base.rstrip("/") + "/", line) == str(Path(base) / line)
+    assert _file_name(line) == Path(line).name
+
+
+def test_records_have_slots_and_share_repeated_fields():
+    a, b = (parse_name(SFXL.replace("@@0@@", f"@@{h}@@")) for h in (0, 30))
+    assert not hasattr(a, "__dict__")
+    assert a.pano_id is b.pano_id and a.timestamp is b.timestamp

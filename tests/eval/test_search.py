@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
-from dist_geo.eval.search import build_index, search
+from dist_geo.eval import search as search_module
+from dist_geo.eval.search import build_index, search, torch_search
 
 
 def _unit(rng, n, d):
@@ -37,3 +39,18 @@ def test_approximate_indexes_same_interface(kind):
     assert ids.shape == (50, 5)
     assert ids.min() >= 0 and ids.max() < 2000
     assert (ids[:, 0] == np.arange(50)).mean() > 0.5  # a vector finds itself most of the time
+
+
+@pytest.mark.parametrize("devices", [1, 3])
+def test_torch_search_over_device_shards_equals_faiss(devices, monkeypatch):
+    """The GPU path without faiss-gpu, run on CPU tensors: shards over `devices` devices, query
+    blocks smaller than the queries, a shard smaller than k: the flat FAISS index's results."""
+    rng = np.random.default_rng(3)
+    db, q = _unit(rng, 2003, 32), _unit(rng, 70, 32)
+    sims, ids = search(build_index(db, shards=1), q, 20)
+    monkeypatch.setattr(search_module, "QUERY_BLOCK", 32)
+    t_sims, t_ids = torch_search(db, q, 20, [torch.device("cpu")] * devices)
+    np.testing.assert_array_equal(t_ids, ids)
+    np.testing.assert_allclose(t_sims, sims, rtol=1e-5, atol=1e-6)
+    _, small = torch_search(db[:5], q, 20, [torch.device("cpu")] * 3)  # shards of 1-2 rows
+    assert small.shape == (70, 5) and sorted(small[0]) == [0, 1, 2, 3, 4]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from dist_geo.config import LossConfig
 from dist_geo.distributed import DistContext, single_process
 from dist_geo.model import partial_fc
-from dist_geo.model.partial_fc import build_head, class_range, init_rows, reslice
+from dist_geo.model.partial_fc import build_head, class_range, init_rows, memory_bytes, reslice
 
 torch.set_num_threads(1)
 PUBLISHED = {  # each loss with its published parameters
@@ -182,3 +182,42 @@ def test_bf16_embeddings_under_autocast_give_a_float32_loss():
     loss.backward()
     assert loss.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
     assert_close(loss, head(x.detach().float(), labels))
+
+
+def test_memory_bytes_counts_weight_and_adam_state():
+    """What a rank holds between steps: its rows and their Adam state (two fp32 moments and the
+    step count), summed over those tensors; each of 2 ranks holds its own rows only."""
+    head = build_head(LossConfig(), D, C, single_process())
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    assert memory_bytes(head, optimizer) == memory_bytes(head) == C * D * 4  # no state yet
+    head(torch.randn(B, D), torch.randint(0, C, (B,))).backward()
+    optimizer.step()
+    state = optimizer.state[head.weight]
+    tensors = [head.weight, state["exp_avg"], state["exp_avg_sq"], state["step"]]
+    assert memory_bytes(head, optimizer) == sum(t.nbytes for t in tensors) \
+        == 3 * C * D * 4 + state["step"].nbytes
+    shards = [build_head(LossConfig(), D, C, DistContext(rank=r, world_size=2, local_rank=r,
+                                                          device=torch.device("cpu")))
+              for r in range(2)]
+    assert [memory_bytes(s) for s in shards] == [4 * D * 4, 3 * D * 4]
+
+
+def test_row_cosine_is_the_normalised_linear_with_its_gradients():
+    """The head's cosines without a normalised copy of the weight kept for backward: the same
+    values (bit for bit) and gradients as autograd through F.normalize, also on a zero row."""
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(6, D, generator=g, dtype=torch.float64)).requires_grad_()
+    weight = torch.randn(5, D, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(partial_fc._RowCosine.apply, (x, weight.requires_grad_()))
+    weight = weight.detach()
+    weight[2] = 0.0
+    grad = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    ours = [t.clone().requires_grad_() for t in (x.detach(), weight)]
+    ref = [t.clone().requires_grad_() for t in (x.detach(), weight)]
+    out = partial_fc._RowCosine.apply(*ours)
+    expected = F.linear(ref[0], F.normalize(ref[1]))
+    assert torch.equal(out, expected)
+    out.backward(grad)
+    expected.backward(grad)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())

@@ -88,3 +88,23 @@ def test_loader_fails_clearly_when_nothing_is_readable(train_root, shard_overrid
         truncate(out / shard["file"], 100)
     with pytest.raises(DataError, match="readable"):
         next(build_train_loader(cfg, 1, single_process(), epoch=0))
+
+
+def test_torch_loader_counts_a_decompression_bomb_by_shard_and_key(
+        train_root, shard_overrides, tmp_path, bomb_jpeg):
+    """A bomb that reached the shards (written under a higher limit) is refused by the loader's
+    decoder before any pixel is decoded, and counted like any corrupt sample."""
+    victim = sorted((train_root / "train").iterdir())[0]
+    victim.write_bytes(bomb_jpeg)
+    out = tmp_path / "shards"
+    cfg, manifest = loader_setup(
+        train_root, shard_overrides + ["data.max_image_pixels=1000000000"], out, "torch")
+    cfg.data.max_image_pixels = 89_478_485
+    faults = []
+    for group in manifest["groups"]:
+        loader = build_train_loader(cfg, group["index"], single_process(), epoch=0)
+        for _ in range(group["num_samples"] // 4 + 1):  # a pass over the group
+            next(loader)
+        faults += loader.stats()["faults"]
+    assert faults and all(f.startswith(str(out / "group_")) and "sample 'g" in f and
+                          "refused: its header promises 900000000 pixels" in f for f in faults)

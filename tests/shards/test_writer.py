@@ -106,3 +106,50 @@ def test_cli_short_overrides(train_root, tmp_path, capsys):
     assert cli_main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["groups"] == 2 and read_manifest(out)["shard_size"] == 4
+
+
+def test_decompression_bomb_is_refused_then_skipped_on_the_rerun(
+        train_root, shard_overrides, tmp_path, bomb_jpeg, capsys):
+    victim = sorted((train_root / "train").iterdir())[0]
+    victim.write_bytes(bomb_jpeg)
+    argv = ["shard", str(train_root), str(tmp_path / "shards"), *shard_overrides]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dist-geo shard: error: {victim}: refused: its header promises 900000000 "
+                   "pixels, more than data.max_image_pixels=89478485")
+    assert cli_main(argv + ["--skip-bad"]) == 0  # into the same folder
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    skipped = [p for g in read_manifest(tmp_path / "shards")["groups"] for p in g["skipped_images"]]
+    assert set(skipped) == {str(victim)} and summary["skipped"] == len(skipped)  # each time met
+
+
+def test_a_failed_run_leaves_nothing_that_refuses_the_corrected_one(train_root, data_cfg, tmp_path):
+    out = tmp_path / "shards"
+    data_cfg.groups_num = 5
+    with pytest.raises(DataError, match="only 2 groups"):
+        write_shards(train_root, out, data_cfg)
+    data_cfg.groups_num = 2  # corrected, into the same folder
+    assert len(write_shards(train_root, out, data_cfg)["groups"]) == 2
+    data_cfg.shard_size = 3  # finished shards of other parameters are still protected
+    with pytest.raises(DataError, match="shard_size"):
+        write_shards(train_root, out, data_cfg)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["groups"][0].update(num_classes=2),
+     "group 0: num_classes=2 but 4 class ids are listed (edited?); rewrite the shards"),
+    (lambda m: m["groups"][1]["shards"][0].pop("sha256"),
+     "group 1: shard entry 0 has no sha256 (rewrite the shards)"),
+    (lambda m: m["groups"][1]["shards"][0].update(file="../../etc/passwd"),
+     "group 1: shard file '../../etc/passwd' lies outside the folder"),
+])
+def test_an_edited_manifest_is_refused_in_one_line(train_root, data_cfg, tmp_path, capsys, edit,
+                                                   message):
+    out = tmp_path / "shards"
+    manifest = write_shards(train_root, out, data_cfg)
+    assert manifest["groups"][0]["num_classes"] == 4
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert cli_main(["shard", "--verify", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dist-geo shard: error: {out / 'manifest.json'}: {message}")

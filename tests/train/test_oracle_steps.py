@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -52,10 +53,10 @@ def global_batches(classes: list[int]) -> list[list[tuple[torch.Tensor, torch.Te
 class FixedBatches:
     """The loader contract over fixed global batches: this rank's contiguous share of each."""
 
-    def __init__(self, batches, rank: int, world: int):
-        share = BATCH // world
-        self.batches = iter([(x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share])
-                             for x, y in batches])
+    def __init__(self, batches, ctx):
+        share, rank, device = BATCH // ctx.world_size, ctx.rank, ctx.device
+        self.batches = iter([(x[rank * share:(rank + 1) * share].to(device),
+                              y[rank * share:(rank + 1) * share].to(device)) for x, y in batches])
 
     def __next__(self):
         return next(self.batches)
@@ -80,44 +81,45 @@ def train_on_fixed_batches(cfg, ctx) -> tuple[list[float], dict, list[torch.Tens
     trainer = trainer_module.Trainer(cfg, ctx)
     batches = global_batches([h.num_classes for h in trainer.heads])
     trainer_module.build_train_loader = (
-        lambda cfg, g, ctx, epoch, start_batch=0: FixedBatches(batches[g], ctx.rank, ctx.world_size))
+        lambda cfg, g, ctx, epoch, start_batch=0: FixedBatches(batches[g], ctx))
     try:
         initial = copy.deepcopy(trainer.engine.module.state_dict())
-        heads = [h.full_weight() for h in trainer.heads]
+        heads = [h.full_weight().cpu() for h in trainer.heads]
         trainer.run()
     finally:
         trainer_module.build_train_loader = original
     return [loss for _, loss in trainer.loss_log], initial, heads
 
 
-def oracle_losses(initial: dict, heads: list[torch.Tensor]) -> list[float]:
+def oracle_losses(initial: dict, heads: list[torch.Tensor], device: str = "cpu") -> list[float]:
     """The oracle's losses on the same batches from the same weights."""
     oracle = load_oracle()
     recipe = oracle.Recipe(fc_output_dim=DIM, lr=LR, classifiers_lr=HEAD_LR)
     model = oracle.GeoLocalizationNet(recipe.backbone, DIM, train_all_layers=False)
     model.load_state_dict({k.replace("module.", ""): v for k, v in initial.items()})
-    model.train()
+    model.to(device).train()
     margin_heads = []
     for weight in heads:
         head = oracle.MarginHead(DIM, len(weight), recipe)
         head.weight.data.copy_(weight)
-        margin_heads.append(head)
+        margin_heads.append(head.to(device))
     model_optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     head_optimizers = [torch.optim.Adam(h.parameters(), lr=HEAD_LR) for h in margin_heads]
     batches = global_batches([len(w) for w in heads])
-    return [oracle.train_step(model, margin_heads[g], model_optimizer, head_optimizers[g], x, y).item()
+    return [oracle.train_step(model, margin_heads[g], model_optimizer, head_optimizers[g],
+                              x.to(device), y.to(device)).item()
             for g in range(EPOCHS) for x, y in batches[g]]
 
 
-def _rank_main(rank: int, port: int, overrides: list[str], out: str) -> None:
-    import os
-
+def _rank_main(rank: int, port: int, overrides: list[str], out: str, device: str) -> None:
     torch.set_num_threads(1)
+    torch.backends.cudnn.allow_tf32 = False
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    ctx = init_distributed("cpu")
+    ctx = init_distributed(device)
     try:
-        losses, _, _ = train_on_fixed_batches(config(overrides, Path(out)), ctx)
+        losses, _, _ = train_on_fixed_batches(
+            config(overrides + [f"train.device={device}"], Path(out)), ctx)
     finally:
         shutdown()
     if rank == 0:
@@ -145,11 +147,39 @@ def test_one_rank_takes_the_oracles_steps(one_rank):
     assert sum(first_group[-3:]) < sum(first_group[:3])
 
 
-def test_two_ranks_with_the_same_global_batch_take_the_oracles_steps(
-        one_rank, train_overrides, tmp_path):
+def two_ranks(overrides: list[str], out: Path, device: str) -> list[float]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_rank_main, args=(port, train_overrides, str(tmp_path)), nprocs=2, join=True)
-    ours = json.loads((tmp_path / "losses.json").read_text())
-    assert_same_losses(ours, one_rank[1])
+    mp.spawn(_rank_main, args=(port, overrides, str(out), device), nprocs=2, join=True)
+    return json.loads((out / "losses.json").read_text())
+
+
+def test_two_ranks_with_the_same_global_batch_take_the_oracles_steps(
+        one_rank, train_overrides, tmp_path):
+    assert_same_losses(two_ranks(train_overrides, tmp_path, "cpu"), one_rank[1])
+
+
+@pytest.fixture
+def no_tf32():
+    """Exact fp32 convolutions and matmuls on the GPU (TF32 rounds them to 10 bits)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.gpu
+def test_one_gpu_takes_the_oracles_steps(train_overrides, tmp_path, no_tf32):
+    cfg = config(train_overrides + ["train.device=cuda"], tmp_path)
+    ours, initial, heads = train_on_fixed_batches(cfg, single_process("cuda"))
+    assert_same_losses(ours, oracle_losses(initial, heads, "cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (NCCL ranks)")
+def test_two_gpus_nccl_take_the_oracles_steps(train_overrides, tmp_path, no_tf32):
+    cfg = config(train_overrides + ["train.device=cuda"], tmp_path / "one")
+    _, initial, heads = train_on_fixed_batches(cfg, single_process("cuda"))
+    assert_same_losses(two_ranks(train_overrides, tmp_path / "two", "cuda"),
+                       oracle_losses(initial, heads, "cuda"))

@@ -11,7 +11,7 @@ from dist_geo.config import build_config
 from dist_geo.distributed import single_process
 from dist_geo.errors import CheckpointError
 from dist_geo.model.checkpoint import load_model, read_manifest
-from dist_geo.tracking import tracking_uri
+from dist_geo.tracking import MlflowRun, tracking_uri
 from dist_geo.train import launch_local, reslice_checkpoint, train, trainer
 from dist_geo.train.checkpoint import head_file
 
@@ -87,9 +87,10 @@ def test_resume_is_exact_and_tracked(train_overrides, tmp_path, monkeypatch):
     assert loss_steps == [1, 2, 3, 4, 5, 6]
     assert len(client.get_metric_history(run.info.run_id, "val_recall_at_1")) == 2
     assert "test_recall_at_1" in run.data.metrics and "peak_memory_mb" in run.data.metrics
-    artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "best_checkpoint")}
-    artifacts |= {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"best_checkpoint/model.pt", "plots/loss_curve.png"} <= artifacts
+    stored = MlflowRun(tracking_uri(cfg), run.info.run_id)
+    artifacts = {*stored.list_artifacts("best_checkpoint"), *stored.list_artifacts("plots")}
+    assert {"best_checkpoint/model.pt", "plots/training_curves.png"} <= artifacts
+    assert [epoch for _, epoch in stored.metric_history("epoch")] == [0, 1]  # across the resume
 
     best = Path(resumed["best_checkpoint"])
     model = load_model(best, "cpu")

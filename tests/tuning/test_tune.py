@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 
 from dist_geo.cli import main as dist_geo_main  # noqa: E402
+from dist_geo.tracking import MlflowRun  # noqa: E402
 from dist_geo.tuning.runner import run_sweep  # noqa: E402
 from dist_geo.tuning.sweep import load_sweep  # noqa: E402
 
@@ -114,8 +115,8 @@ def test_asha_sweep_interrupted_resumed_tracked_and_best_config_trains(
             child.data.tags["tune.trial_id"], "epochs_run"])
         assert child.data.params["loss.name"] in ("cosface", "arcface")
     assert sum(c.data.tags["tune.stopped_early"] == "true" for c in children) >= 1
-    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    assert {"results.csv", "best_config.yaml", "plots"} <= artifacts
+    artifacts = MlflowRun(f"sqlite:///{out.resolve() / 'mlflow.db'}", parents[0].info.run_id)
+    assert {"results.csv", "best_config.yaml", "plots"} <= set(artifacts.list_artifacts())
     assert (out / "plots" / "learning_curves.png").stat().st_size > 0
 
     best = out / "best_config.yaml"
@@ -128,9 +129,25 @@ def test_asha_sweep_interrupted_resumed_tracked_and_best_config_trains(
     assert (retrain / "checkpoints" / "best" / "model.pt").exists()
 
 
-def test_data_parallel_trial_reports_every_epoch(sweep_file: Path, local_ray):
-    """workers_per_trial=2: the trial trains with 2 gloo ranks under torchrun and reports each
-    epoch (metrics + that epoch's checkpoint) to Tune and MLflow as rank 0 finishes it."""
+class OpenPorts(tune.Callback):
+    """What the sweep's processes (this driver and all it started: Ray's servers and workers,
+    a trial's training ranks) listen on, sampled at each trial result, while the trial runs."""
+
+    def __init__(self, open_ports):
+        self.open_ports, self.seen = open_ports, set()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.seen |= self.open_ports([os.getpid()])
+
+
+def test_data_parallel_trial_reports_every_epoch_on_a_local_ray_no_one_else_reaches(
+        sweep_file: Path, open_ports, loopback):
+    """workers_per_trial=2: the trial trains with 2 gloo ranks and reports each epoch (metrics
+    + that epoch's checkpoint) to Tune and MLflow as rank 0 finishes it. The Ray it starts
+    itself, and the trial's ranks, listen on the loopback interface only, Ray with its token
+    authentication on."""
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
     raw = yaml.safe_load(sweep_file.read_text())
     raw["space"] = {"loss.m": {"grid": [0.3]}}
     raw |= {"workers_per_trial": 2, "resources": {"cpu": 2}, "scheduler": "fifo"}
@@ -138,7 +155,15 @@ def test_data_parallel_trial_reports_every_epoch(sweep_file: Path, local_ray):
     sweep_file.write_text(yaml.safe_dump(raw))
 
     sweep = load_sweep(sweep_file)
-    result = run_sweep(sweep)
+    ports = OpenPorts(open_ports)
+    try:
+        result = run_sweep(sweep, callbacks=[ports])  # starts Ray (dist_geo's init_ray)
+        assert get_authentication_mode() == AuthenticationMode.TOKEN
+    finally:
+        ray.shutdown()
+    names = {name for name, _, _ in ports.seen}
+    assert {"gcs_server", "raylet"} <= names and len(ports.seen) >= 6, ports.seen
+    assert all(loopback(ip) for _, ip, _ in ports.seen), ports.seen
 
     assert result.complete and list(result.table["epochs_run"]) == [2]
     trial = sweep.out / "trials" / result.table.iloc[0]["trial_id"]

@@ -177,7 +177,8 @@ def render(
     view_dist: float = 180.0,
 ) -> np.ndarray:
     """RGB float32 [height, width, 3] seen from (x, y) looking at `heading` (compass degrees),
-    `fov` degrees across `width` columns; `fov=360` gives a panorama starting at `heading`."""
+    `fov` degrees across `width` columns, centred on `heading` (`fov=360`: a panorama whose
+    column 0 looks at heading - 180)."""
     f = width / np.radians(fov)  # pixels per radian, horizontally and vertically
     angles = np.radians(heading - fov / 2 + (np.arange(width) + 0.5) * fov / width)
     dx, dy = np.sin(angles), np.cos(angles)

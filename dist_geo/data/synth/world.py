@@ -116,9 +116,28 @@ def _wall_lengths(boxes: np.ndarray) -> np.ndarray:
 
 def street_segments(city: City, bx0: int, bx1: int, by0: int, by1: int) -> np.ndarray:
     """Centre lines [S, 4] (x0, y0, x1, y1) of the streets bounding blocks [bx0, bx1) x [by0, by1)."""
-    half, P = city.street / 2, city.block
+    return grid_segments(city.block, city.street, bx0, bx1, by0, by1)
+
+
+def grid_segments(block: float, street: float, bx0: int, bx1: int, by0: int, by1: int) -> np.ndarray:
+    """`street_segments` of any grid of `block` m pitch and `street` m wide streets (no City
+    needed: the names-only generator lays out grids far larger than a rendered city)."""
+    half, P = street / 2, block
     xs = [k * P + half for k in range(bx0, bx1 + 1)]
     ys = [k * P + half for k in range(by0, by1 + 1)]
     vertical = [(x, ys[0], x, ys[-1]) for x in xs]
     horizontal = [(xs[0], y, xs[-1], y) for y in ys]
     return np.array(vertical + horizontal, dtype=np.float64)
+
+
+def points_along(segments: np.ndarray, arc: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Points [n, 2] at arc lengths `arc` along the segments laid end to end, moved `off`
+    metres across their street (x for north-south streets, y for east-west ones)."""
+    lengths = np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
+    ends = np.cumsum(lengths)
+    seg = np.minimum(np.searchsorted(ends, arc, side="right"), len(segments) - 1)
+    s = (arc - (ends[seg] - lengths[seg])) / lengths[seg]
+    x0, y0, x1, y1 = segments[seg].T
+    vertical = x0 == x1
+    return np.stack([x0 + s * (x1 - x0) + np.where(vertical, off, 0.0),
+                     y0 + s * (y1 - y0) + np.where(vertical, 0.0, off)], axis=1)

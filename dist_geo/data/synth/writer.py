@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +33,18 @@ from pathlib import Path
 import numpy as np
 import utm
 from PIL import Image
-from tqdm import tqdm
 
-from dist_geo.atomic import atomic_dir, write_text
+from dist_geo.atomic import atomic_dir, remove_orphans, write_text
 from dist_geo.data.synth.effects import add_noise, occlude, roll_crop
 from dist_geo.data.synth.render import Lighting, render, sample_lighting, to_uint8
-from dist_geo.data.synth.world import City, generate_city, street_segments
+from dist_geo.data.synth.world import City, generate_city, points_along, street_segments
 from dist_geo.data.vg_format import format_name, images_paths_file
 from dist_geo.errors import DataError
+from dist_geo.logs import progress
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: panorama crops show the heading their names say (1 showed heading + 180)
 ZONE_NUMBER, ZONE_LETTER = 10, "S"  # San Francisco
 ORIGIN_EAST, ORIGIN_NORTH = 549500.0, 4179500.0  # UTM of the city's south-west corner
 TRAIN_HEADINGS = 12
@@ -63,6 +64,14 @@ class WorldSpec:
     fov: float = 90.0  # degrees
     block: float = 60.0  # street grid pitch, metres
     street: float = 14.0  # street width, metres
+
+    def __post_init__(self) -> None:
+        """Refuse a size that is not positive (a zero image size divided by zero, a negative
+        area drew an empty world), before anything is written."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise DataError(f"synthetic world: {f.name}={value!r} must be a positive number")
 
 
 PRESETS: dict[str, WorldSpec] = {
@@ -104,16 +113,9 @@ def _points_on_streets(segments: np.ndarray, n: int, rng: np.random.Generator,
                        lateral: float) -> np.ndarray:
     """n points [n, 2] stratified along the street centre lines (one per n-th of their length,
     so every 10 m cell gets about as many), each moved up to `lateral` m across the street."""
-    lengths = np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
-    ends = np.cumsum(lengths)
-    arc = (np.arange(n) + rng.random(n)) * ends[-1] / n
-    seg = np.minimum(np.searchsorted(ends, arc, side="right"), len(segments) - 1)
-    s = (arc - (ends[seg] - lengths[seg])) / lengths[seg]
-    x0, y0, x1, y1 = segments[seg].T
-    off = rng.uniform(-lateral, lateral, n)
-    vertical = x0 == x1
-    return np.stack([x0 + s * (x1 - x0) + np.where(vertical, off, 0.0),
-                     y0 + s * (y1 - y0) + np.where(vertical, 0.0, off)], axis=1)
+    total = np.cumsum(np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1]))[-1]
+    arc = (np.arange(n) + rng.random(n)) * total / n
+    return points_along(segments, arc, rng.uniform(-lateral, lateral, n))
 
 
 def _grid_points(segments: np.ndarray, spacing: float) -> np.ndarray:
@@ -148,7 +150,11 @@ def _panorama_crops(city: City, spec: WorldSpec, x: float, y: float, first_headi
     """`crops` views around (x, y), cut from one rendered panorama: (heading, uint8 image)."""
     S = spec.image_size
     width = round(S * 360 / spec.fov)
-    pano = to_uint8(render(city, x, y, first_heading - spec.fov / 2, 360.0, width, S, light), light)
+    # render's 360-degree panorama is centred on its heading: column 0 looks at heading - 180.
+    # Centring it on first_heading + 180 - fov/2 puts first_heading - fov/2 in column 0, so the
+    # crop starting at column c looks at first_heading + c * 360 / width, the heading it is named.
+    pano = to_uint8(render(city, x, y, first_heading + 180.0 - spec.fov / 2, 360.0, width, S,
+                           light), light)
     pano = np.concatenate([pano, pano[:, :S]], axis=1)  # wrap around
     out = []
     for j in range(crops):
@@ -162,7 +168,7 @@ def _write_panoramas(city: City, spec: WorldSpec, folder: Path, points: np.ndarr
                      crops: int, kind: str, seed: tuple[int, ...], namer: _Namer,
                      tag: str, per_folder: int = 0, limit: int | None = None) -> list[str]:
     names: list[str] = []
-    for p, (x, y) in enumerate(tqdm(points, desc=f"{kind} panoramas", unit="pano", leave=False)):
+    for p, (x, y) in enumerate(progress(points, desc=f"{kind} panoramas", unit="pano")):
         rng = np.random.default_rng((*seed, p))
         light = sample_lighting(rng, kind)
         for tile, (heading, img) in enumerate(
@@ -183,7 +189,7 @@ def _write_queries(city: City, spec: WorldSpec, folder: Path, segments: np.ndarr
     S = spec.image_size
     big = int(np.ceil(S * 1.3))  # margin so that a rolled image still fills the crop
     names = []
-    for q in tqdm(range(spec.queries), desc="night queries" if night else "queries", leave=False):
+    for q in progress(range(spec.queries), desc="night queries" if night else "queries"):
         rng = np.random.default_rng((*seed, q))
         x, y = _point_on_streets(segments, rng, lateral=3.0)
         heading, roll = rng.uniform(0, 360), rng.uniform(-6, 6)
@@ -269,6 +275,8 @@ def write_world(out: str | Path, seed: int = 0, preset: str = "demo", **sizes) -
     counts: dict[str, int] = {}
     for split in ("train", "val", "test"):
         final = out / split
+        for orphan in remove_orphans(final):
+            log.info("%s: removed %s, left by a writer that was killed", out, orphan.name)
         if final.exists():  # finished by an interrupted earlier run with these parameters
             counts.update(json.loads((final / ".counts.json").read_text()))
             continue
