@@ -1,14 +1,19 @@
 """Training images/s: DALI loader (CPU here) vs torch shard loader vs a plain folder DataLoader.
 
 All three read the same images of one CosPlace group of a synthetic world (written once and
-cached under --out, as are its shards), apply the same augmentations (random resized crop,
-colour jitter, flip, normalisation; dist_geo/loaders/augment.py) and produce the same
+cached under --out, as are its shards), apply the same augmentations (colour jitter,
+random resized crop, flip, normalisation; dist_geo/loaders/augment.py) and produce the same
 (images, labels) batches, side by side in one run; prints one JSON object. The first
 --warmup batches of each (start-up, worker spawn, shuffle-buffer fill) are not timed; each loader runs in a process
 of its own.
 
     python bench/loader.py [--images 1000] [--source-size 160] [--image-size 128]
                            [--batch 32] [--batches 20] [--workers 2] [--out runs/bench_loader]
+                           [key=value ...]
+
+Config overrides come last, e.g. the demo's augmentation (96 px JPEGs -> 64 px crops):
+    python bench/loader.py --source-size 96 --image-size 64 --workers 1 data.augment.brightness=0.4 \
+        data.augment.contrast=0.4 data.augment.saturation=0.3 data.augment.hue=0 data.augment.night_light=true
 """
 from __future__ import annotations
 
@@ -98,6 +103,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers / DALI threads")
     parser.add_argument("--out", default="runs/bench_loader")
     parser.add_argument("--only", choices=LOADERS, help=argparse.SUPPRESS)  # one, in this process
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -107,7 +113,7 @@ def main() -> None:
     cfg = build_config(overrides=[
         *GROUPING, f"data.dataset={world}", f"data.shards={shards}",
         f"data.image_size={args.image_size}", f"train.batch_size={args.batch}",
-        f"data.num_workers={args.workers}", "data.shard_size=200",
+        f"data.num_workers={args.workers}", "data.shard_size=200", *args.overrides,
     ])
     if args.only:
         print(json.dumps({args.only: measure(args.only, cfg, args)}))
@@ -122,7 +128,8 @@ def main() -> None:
     print(json.dumps({
         "images_per_s": results, "images": args.images, "source_size": args.source_size,
         "image_size": args.image_size, "batch": args.batch, "batches": args.batches,
-        "workers": args.workers, "cpus": os.cpu_count(), "device": "cpu",
+        "workers": args.workers, "overrides": args.overrides, "cpus": os.cpu_count(),
+        "device": "cpu",
     }))
 
 

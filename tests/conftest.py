@@ -14,6 +14,10 @@ data.min_images_per_class=3 with either data.N=5 data.L=2 (38 groups of 6-24 cla
 classes, 1848 images; data.groups_num <= 38) or data.N=2 data.L=1 (3 groups of 120-240
 classes; groups_num <= 3: the streets run at one parity of the 10 m cells).
 min_images_per_class=2 keeps all 828 classes (2400 images), =4 keeps 132 classes (588 images).
+
+`corrupt_jpeg(data, kind)`: a JPEG made hostile, "garbled" or "bomb" (see `corrupt_jpeg`),
+same length; `make_hostile(tar, index, kind)` does it in place to a sample of a shard (the tar
+stays readable).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from dist_geo.atomic import write_json
 from dist_geo.checksums import checksum_files
 from dist_geo.config import build_config, save_config
 from dist_geo.data.synth import write_world
+from dist_geo.shards.reading import iter_samples
 from dist_geo.model.checkpoint import FORMAT, MANIFEST
 from dist_geo.model.network import build_model
 
@@ -136,3 +141,51 @@ def open_ports() -> Callable[[Iterable[int]], set[tuple[str, str, int]]]:
 def loopback() -> Callable[[str], bool]:
     """`loopback(ip)`: whether a listening address is reachable from this machine only."""
     return _loopback
+
+
+def _segments(jpeg: bytes) -> list[tuple[int, int]]:
+    """(marker, offset) of each header segment of a JPEG, up to its start of scan."""
+    out, at = [], 2
+    while jpeg[at + 1] != 0xDA:
+        out.append((jpeg[at + 1], at))
+        at += 2 + int.from_bytes(jpeg[at + 2:at + 4], "big")
+    return out
+
+
+def _corrupt_jpeg(jpeg: bytes, kind: str) -> bytes:
+    data = bytearray(jpeg)
+    segments = _segments(jpeg)
+    if kind == "garbled":  # 200 zero bytes centred on the third Huffman-table (DHT) marker
+        third = [at for marker, at in segments if marker == 0xC4][2]
+        data[third - 100:third + 100] = bytes(200)
+    elif kind == "bomb":  # the frame header (SOF0) claims 30000 x 30000 pixels
+        sof = next(at for marker, at in segments if marker == 0xC0)
+        data[sof + 5:sof + 9] = (30000).to_bytes(2, "big") * 2
+    else:
+        raise ValueError(kind)
+    return bytes(data)
+
+
+@pytest.fixture(scope="session")
+def corrupt_jpeg():
+    """corrupt_jpeg(data, kind) -> the JPEG `data`, same length, made hostile:
+    "garbled": 200 zero bytes over its Huffman tables: torchvision (libjpeg-turbo) decodes it,
+    with a warning, and DALI's decoder (nvImageCodec) refuses it (200 garbled bytes inside the
+    entropy-coded data decode with both);
+    "bomb": a header claiming 30000 x 30000 pixels (a decompression bomb).
+    """
+    return _corrupt_jpeg
+
+
+@pytest.fixture(scope="session")
+def make_hostile():
+    """make_hostile(tar, index, kind) -> (key, image): the image of sample `index` of `tar`
+    turned into a `kind` one (see corrupt_jpeg) in place."""
+    def make(tar: Path, index: int, kind: str) -> tuple[str, bytes]:
+        sample = list(iter_samples(tar))[index]
+        data, image = tar.read_bytes(), sample["jpg"]
+        at = data.index(image)
+        hostile = _corrupt_jpeg(image, kind)
+        tar.write_bytes(data[:at] + hostile + data[at + len(image):])
+        return sample["__key__"], hostile
+    return make

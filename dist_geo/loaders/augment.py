@@ -1,17 +1,24 @@
 """Training augmentations shared by the DALI and torch loaders: one set of constants, one order.
 
-Both loaders apply, per sample and in this order (cfg.data.augment):
-1. random resized crop to image_size, area scale in [crop_scale_min, 1], aspect ratio in
-   CROP_RATIO (torchvision's defaults);
-2. colour jitter: brightness, contrast, saturation factors in [max(0, 1-x), 1+x], hue shift in
-   [-hue, hue] of a full turn (torchvision's convention; DALI takes degrees: `hue_degrees`);
-3. horizontal flip with probability 0.5 when `hflip`;
-4. night light with probability `night_light_p` when `night_light`: each channel of the RGB
+Both loaders apply, per sample, CosPlace's recipe on float images, in this order
+(cfg.data.augment):
+1. the decoded uint8 image to float 0..1;
+2. colour jitter on the whole image, torchvision's ColorJitter: brightness, contrast and
+   saturation factors in [max(0, 1-x), 1+x] (`jitter_range`), a hue shift in [-hue, hue] of a
+   full turn, in a random order per sample, each clamping to 0..1 (contrast pivots on the
+   image's mean grey level);
+3. random resized crop to image_size: area scale in [crop_scale_min, 1], aspect ratio in
+   CROP_RATIO, bilinear with antialiasing (torchvision's defaults);
+4. horizontal flip with probability 0.5 when `hflip`;
+5. night light with probability `night_light_p` when `night_light`: each channel of the RGB
    image (0..1) is scaled by NIGHT_LIGHT_GAINS, darker and toward blue, and the result is
    the image the normalisation sees (still in the 0..1 range, so no clipping is needed);
-5. normalisation with the ImageNet mean and std, to float32 CHW.
-Because step 4 is a per-channel gain right before step 5, the DALI loader folds it into
+6. normalisation with the ImageNet mean and std, to float32 CHW.
+The torch loader runs `torch_transform` (torchvision v2). The DALI loader runs the same formulas
+as a DALI graph (dali_augment.py; DALI's own colour operators compute other ones), its random
+draws from a seeded generator of the same distributions, with step 5 folded into
 crop_mirror_normalize's per-sample mean and std: (x*g - m)/s == (x - m/g)/(s/g).
+tests/loaders/test_dali_augment.py holds the two to each other.
 """
 from __future__ import annotations
 
@@ -31,11 +38,6 @@ def jitter_range(strength: float) -> tuple[float, float]:
     return max(0.0, 1.0 - strength), 1.0 + strength
 
 
-def hue_degrees(hue: float) -> float:
-    """torchvision's hue jitter (fraction of a turn) in DALI's unit (degrees)."""
-    return hue * 360.0
-
-
 def flip_probability(aug: AugmentConfig) -> float:
     return 0.5 if aug.hflip else 0.0
 
@@ -45,7 +47,7 @@ def night_light_probability(aug: AugmentConfig) -> float:
 
 
 class NightLight(torch.nn.Module):
-    """Per-channel gains toward dark blue on a float CHW image in 0..1 (augmentation step 4)."""
+    """Per-channel gains toward dark blue on a float CHW image in 0..1 (augmentation step 5)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +58,7 @@ class NightLight(torch.nn.Module):
 
 
 def torch_transform(aug: AugmentConfig, image_size: int) -> v2.Compose:
-    """Steps 1-5 as torchvision v2 transforms, from a uint8 CHW image tensor."""
+    """Steps 1-6 as torchvision v2 transforms, from a uint8 CHW image tensor."""
     return v2.Compose([
         v2.ToDtype(torch.float32, scale=True),
         v2.ColorJitter(brightness=aug.brightness, contrast=aug.contrast,
@@ -71,6 +73,6 @@ def torch_transform(aug: AugmentConfig, image_size: int) -> v2.Compose:
 
 __all__ = [
     "CROP_RATIO", "IMAGENET_MEAN", "IMAGENET_STD", "NIGHT_LIGHT_GAINS", "NightLight",
-    "flip_probability", "hue_degrees", "jitter_range", "night_light_probability",
+    "flip_probability", "jitter_range", "night_light_probability",
     "torch_transform",
 ]

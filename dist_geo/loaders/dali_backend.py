@@ -7,18 +7,21 @@ the samples in `num_shards` contiguous parts and this rank keeps part `shard_id`
 (`initial_fill`, the layout already shuffled samples across shards) and pads the last batch
 (`pad_last_batch`) so every rank's pass has whole batches; `reader_name` lets
 DALIGenericIterator end a pass, after which the next pass starts (endless stream). The
-augmentations are those of dist_geo/loaders/augment.py; the night light is folded into
-crop_mirror_normalize's per-sample mean and std.
+augmentation is the torch loader's, as a DALI graph (dali_augment.py), its random draws from
+a seeded external source.
 
 Corrupt data: a DALI pipeline cannot skip a sample, it stops. So each tar is checked against
 its index before the pipeline is built (a truncated tar is read through a rewritten index of
-its whole samples, in a temporary folder), and when decoding fails the shards are scanned
-for undecodable images, which are left out of rewritten indexes the same way, and the
-pipeline is rebuilt. Each sample left out is reported by shard and key like the torch
-loader's (after a rebuild the stream is no longer the one intact shards would give).
+its whole samples, in a temporary folder); when the pipeline fails, or flags an image whose
+header promises more than data.max_image_pixels (never decoded), the shards are scanned
+with DALI's own decoder (dist_geo/shards/dali_check.py) for the images it cannot use, which
+are left out of rewritten indexes the same way, and the pipeline is rebuilt. Each sample left
+out is reported by shard and key like the torch loader's (after a rebuild the stream is no
+longer the one intact shards would give).
 
-DALI's CPU threads are cfg.data.num_workers (at least 1). `start_batch` replays and drops
-that many batches: DALI is deterministic given its seed, but it cannot skip without decoding.
+DALI's CPU threads are cfg.data.num_workers (at least 1). `start_batch` replays that many
+batches and drops them: the reader and the random draws advance as they did, but the images
+are not decoded (dali_augment.py), so the stream continues exactly and cheaply.
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -34,13 +36,11 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from dist_geo.config import AugmentConfig, Config
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
-from dist_geo.loaders.augment import (
-    CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS, flip_probability, hue_degrees,
-    jitter_range, night_light_probability,
-)
 from dist_geo.loaders.contract import FaultCounter, RankShards
+from dist_geo.loaders.dali_augment import ParamSource, augment, draws
+from dist_geo.shards.dali_check import DaliImageCheck, dali_error
 from dist_geo.shards.manifest import entry_key_end, index_entries, index_path
-from dist_geo.shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
+from dist_geo.shards.reading import Fault, ShardReadError, iter_samples, judge_images
 
 log = logging.getLogger(__name__)
 
@@ -48,43 +48,10 @@ READER = "shards"
 SOURCE_INFO_BYTES = 4096  # "<tar>:<offset>:<key>.jpg", padded so DALIGenericIterator gets a dense tensor
 
 
-def _constant(values) -> types.Constant:
-    return types.Constant(np.asarray(values, dtype=np.float32))
-
-
-def _uniform(lo: float, hi: float):
-    """A per-sample factor in [lo, hi]; the constant when the range is empty (jitter off)."""
-    return fn.random.uniform(range=[lo, hi]) if hi > lo else lo
-
-
-def _augment(jpegs, aug: AugmentConfig, image_size: int, gpu: bool):
-    """Decode + augmentation steps 1-5 of dist_geo/loaders/augment.py."""
-    images = fn.decoders.image_random_crop(
-        jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
-        random_area=[aug.crop_scale_min, 1.0], random_aspect_ratio=list(CROP_RATIO),
-    )
-    images = fn.resize(images, resize_x=image_size, resize_y=image_size)
-    hue = hue_degrees(aug.hue)
-    images = fn.color_twist(
-        images,
-        brightness=_uniform(*jitter_range(aug.brightness)),
-        contrast=_uniform(*jitter_range(aug.contrast)),
-        saturation=_uniform(*jitter_range(aug.saturation)),
-        hue=_uniform(-hue, hue),
-    )
-    night = fn.cast(fn.random.coin_flip(probability=night_light_probability(aug)), dtype=types.FLOAT)
-    gains = 1.0 + night * (_constant(NIGHT_LIGHT_GAINS) - 1.0)  # 1 where no night light
-    return fn.crop_mirror_normalize(
-        images, dtype=types.FLOAT, output_layout="CHW",
-        mean=_constant(IMAGENET_MEAN) * 255.0 / gains, std=_constant(IMAGENET_STD) * 255.0 / gains,
-        mirror=fn.random.coin_flip(probability=flip_probability(aug)),
-    )
-
-
-@pipeline_def
+@pipeline_def(enable_conditionals=True)
 def _train_pipeline(tars: list[str], indexes: list[str], shard_id: int, num_shards: int,
                     initial_fill: int, aug: AugmentConfig, image_size: int, gpu: bool,
-                    keys_only: bool = False):
+                    params: ParamSource, max_pixels: int, keys_only: bool = False):
     jpegs, labels = fn.readers.webdataset(
         paths=tars, index_paths=indexes, ext=["jpg", "cls"], dtypes=[types.UINT8, types.INT64],
         missing_component_behavior="error", random_shuffle=True, initial_fill=initial_fill,
@@ -94,7 +61,8 @@ def _train_pipeline(tars: list[str], indexes: list[str], shard_id: int, num_shar
     if keys_only:
         info = fn.get_property(jpegs, key="source_info")
         return fn.pad(info, axes=[0], shape=[SOURCE_INFO_BYTES], fill_value=0), labels
-    return _augment(jpegs, aug, image_size, gpu), labels
+    images, too_big = augment(jpegs, draws(params), aug, image_size, gpu, max_pixels)
+    return images, labels, too_big
 
 
 def _readable_entries(tar: str) -> tuple[list[str], Fault | None]:
@@ -112,17 +80,14 @@ def _readable_entries(tar: str) -> tuple[list[str], Fault | None]:
                                    f"{len(entries) - len(kept) - 1} after it left out")
 
 
-def _undecodable(tar: str) -> tuple[set[str], list[Fault]]:
-    """Keys of the samples of `tar` whose image does not decode, and their faults."""
+def _unusable(tar: str, check: DaliImageCheck) -> tuple[set[str], list[Fault]]:
+    """Keys of the samples of `tar` whose image DALI cannot use, and their faults."""
     bad, faults = set(), []
     try:
-        for sample in iter_samples(tar):
-            try:
-                decode_rgb(sample["jpg"])
-            except (KeyError, ValueError) as e:
+        for sample, verdict in judge_images(iter_samples(tar), check):
+            if verdict:
                 bad.add(sample["__key__"])
-                fault = f"missing member .{e.args[0]}" if isinstance(e, KeyError) else str(e)
-                faults.append(Fault(tar, sample["__key__"], fault))
+                faults.append(Fault(tar, sample["__key__"], verdict))
     except ShardReadError as e:
         faults.append(e.fault)
     return bad, faults
@@ -138,7 +103,7 @@ class DaliTrainLoader:
         self.faults = FaultCounter(cfg.data.strict)
         self.gpu = ctx.device.type == "cuda"
         self._index_dir: tempfile.TemporaryDirectory | None = None
-        self._left_out: set[tuple[str, str]] = set()  # (tar, key) of undecodable samples
+        self._left_out: set[tuple[str, str]] = set()  # (tar, key) of samples DALI cannot use
         self._rewritten: list[str] = []  # tars read through a rewritten index, in order
         self.tars = {tar: str(index_path(Path(tar))) for tar, _ in share.all_shards}  # -> index
         for tar, _ in share.all_shards:
@@ -148,9 +113,9 @@ class DaliTrainLoader:
                 self._use_index(tar, entries)
         if not self.tars:
             raise DataError(f"{share.all_shards[0][0]}: no readable shard in this group")
-        self._iter = self._build()
+        self._iter = self._build(start_batch)
         for _ in range(start_batch):
-            next(self)
+            self._next_batch()
 
     def _use_index(self, tar: str, entries: list[str]) -> None:
         """Read `tar` through an index of only `entries` (written in a temporary folder)."""
@@ -164,34 +129,41 @@ class DaliTrainLoader:
         idx.write_text(f"v1.2 {len(entries)}\n" + "\n".join(entries) + "\n")
         self.tars[tar] = str(idx)
 
-    def _build(self) -> DALIGenericIterator:
+    @property
+    def _device_id(self) -> int | None:
+        return self.ctx.device.index if self.gpu else None
+
+    def _build(self, start_batch: int = 0) -> DALIGenericIterator:
         data = self.cfg.data
+        batch_size = self.cfg.train.per_rank_batch(self.ctx.world_size)
         pipe = _train_pipeline(
             tars=list(self.tars), indexes=list(self.tars.values()),
             shard_id=self.ctx.rank, num_shards=self.ctx.world_size,
             initial_fill=data.shuffle_buffer, aug=data.augment, image_size=data.image_size,
-            gpu=self.gpu, keys_only=self.keys_only,
-            batch_size=self.cfg.train.per_rank_batch(self.ctx.world_size),
-            num_threads=max(1, data.num_workers),
-            device_id=self.ctx.device.index if self.gpu else None,
+            gpu=self.gpu, params=ParamSource(data.augment, batch_size, self.seed, start_batch),
+            max_pixels=data.max_image_pixels, keys_only=self.keys_only, batch_size=batch_size,
+            num_threads=max(1, data.num_workers), device_id=self._device_id,
             seed=self.seed % (2**31 - 1),
         )
         pipe.build()
+        outputs = ["images", "labels"] if self.keys_only else ["images", "labels", "too_big"]
         policy = LastBatchPolicy.PARTIAL if self.keys_only else LastBatchPolicy.DROP
-        return DALIGenericIterator(pipe, ["images", "labels"], reader_name=READER,
-                                   last_batch_policy=policy, auto_reset=True)
+        return DALIGenericIterator(pipe, outputs, reader_name=READER, last_batch_policy=policy,
+                                   auto_reset=True)
 
-    def _leave_out_undecodable(self, error: RuntimeError) -> None:
-        """After a decoding failure: index files without the undecodable samples, new pipeline."""
+    def _leave_out_unusable(self, failure: str) -> None:
+        """After the pipeline failed or met an oversized image: index files without the samples
+        DALI cannot use, and a new pipeline."""
+        check = DaliImageCheck(self.cfg.data.max_image_pixels, self._device_id)
         found, bad_keys = [], {}
         for tar in self.tars:
-            bad, faults = _undecodable(tar)
+            bad, faults = _unusable(tar, check)
             found += faults
             if bad - {key for t, key in self._left_out if t == tar}:
                 bad_keys[tar] = bad
         if not bad_keys:
-            raise DataError(f"DALI pipeline failed on shards whose images all decode with "
-                            f"torchvision: {str(error).splitlines()[-1]}") from error
+            raise DataError(f"DALI pipeline failed on shards whose images DALI all decodes: "
+                            f"{failure}")
         self.faults.add_all(found)
         for tar, bad in bad_keys.items():
             self._left_out |= {(tar, key) for key in bad}
@@ -207,13 +179,17 @@ class DaliTrainLoader:
     def _next_batch(self) -> dict:
         while True:
             try:
-                return next(self._iter)[0]
+                batch = next(self._iter)[0]
             except StopIteration:
                 continue  # end of a pass: auto_reset started the next one
             except RuntimeError as e:
                 if self.keys_only:
                     raise
-                self._leave_out_undecodable(e)
+                self._leave_out_unusable(dali_error(e))
+                continue
+            if self.keys_only or not batch["too_big"].any():
+                return batch
+            self._leave_out_unusable("an image over data.max_image_pixels")
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._next_batch()

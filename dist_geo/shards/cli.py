@@ -1,8 +1,10 @@
-"""`dist-geo shard DATASET OUT [key=value ...]` and `dist-geo shard --verify OUT`.
+"""`dist-geo shard DATASET OUT [key=value ...]` and `dist-geo shard --verify OUT [key=value ...]`.
 
 Overrides are config keys (`data.M=15`); the grouping and shard keys may drop the `data.`
 prefix (`M=15 shard_size=500`). DATASET defaults to data.dataset, OUT to the shard folder
 the loaders read (data.shards, or shards/<dataset folder name> in the working directory).
+`--verify` decodes the images with the decoder of the loader that will read them
+(data.loader, DALI's by default; `loader=torch` for torchvision's).
 """
 from __future__ import annotations
 
@@ -33,19 +35,19 @@ def _data_key(text: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.verify:
-        report = verify_shards(args.verify)
-        for fault in report.faults:
-            print(f"CORRUPT {fault}")
-        print(json.dumps({"shards": report.shards, "samples": report.samples,
-                          "faults": len(report.faults), "ok": report.ok}))
-        return 0 if report.ok else 1
     # argparse gives overrides to the positionals when they are left out: take them back.
     positional = [a for a in (args.dataset, args.out) if a is not None]
     args.overrides = [a for a in positional if "=" in a] + args.overrides
     dataset, out = ([a for a in positional if "=" not in a] + [None, None])[:2]
     args.overrides = [_data_key(o) for o in args.overrides]
     cfg = config_from_args(args)
+    if args.verify:
+        report = verify_shards(args.verify, cfg.data)
+        for fault in report.faults:
+            print(f"CORRUPT {fault}")
+        print(json.dumps({"shards": report.shards, "samples": report.samples,
+                          "faults": len(report.faults), "ok": report.ok}))
+        return 0 if report.ok else 1
     if args.skip_bad:
         cfg.data.skip_bad = True
     if dataset:

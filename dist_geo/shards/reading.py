@@ -4,14 +4,16 @@ webdataset's own tar expander hands its error handler an exception that names th
 the member being read, so a truncated shard could not be reported by key. This reader (used by
 `verify_shards` and the torch loader) streams the tar with `tarfile` and groups the members of
 a sample by key, as webdataset does (`<key>.<ext>`, members of a key contiguous).
-`decode_rgb` is the one image decoder of the torch loader, evaluation, the verifier and the
-DALI loader's search for the sample its decoder failed on, so all of them reject the same
-images; it checks the header's pixel count before decoding (dist_geo/images.py).
+`decode_rgb` is the torch loader's image decoder (evaluation's too); it checks the header's
+pixel count before decoding (dist_geo/images.py). An image is judged by the decoder that will
+read it (`judge_images` with `torch_image_check`, or dali_check.py's DALI check), so the
+verifier and the DALI loader's search for what its decoder failed on reject what the loader
+would.
 """
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,47 @@ def decode_rgb(data: bytes, max_pixels: int = DataConfig.max_image_pixels) -> to
         raise ValueError(f"undecodable image: {str(e).split(', ', 2)[-1]}") from None
 
 
+# An image check: per encoded image, "" when its decoder reads it, else why not.
+ImageCheck = Callable[[list[bytes]], list[str]]
+
+
+def torch_image_check(images: list[bytes],
+                      max_pixels: int = DataConfig.max_image_pixels) -> list[str]:
+    """The torch loader's verdicts (torchvision's decoder, headers over `max_pixels` refused)."""
+    verdicts = []
+    for image in images:
+        try:
+            decode_rgb(image, max_pixels)
+            verdicts.append("")
+        except ValueError as e:
+            verdicts.append(str(e))
+    return verdicts
+
+
+def judge_images(samples: Iterable[dict], check: ImageCheck,
+                 batch_size: int = 64) -> Iterator[tuple[dict, str]]:
+    """Each sample with the verdict of `check` on its .jpg ("missing member .jpg" when it has
+    none), `batch_size` images per call; a ShardReadError passes on after the samples read."""
+    pending: list[dict] = []
+
+    def judged() -> Iterator[tuple[dict, str]]:
+        yield from zip(pending, check([s["jpg"] for s in pending]))
+        pending.clear()
+
+    try:
+        for sample in samples:
+            if "jpg" not in sample:
+                yield sample, "missing member .jpg"
+                continue
+            pending.append(sample)
+            if len(pending) == batch_size:
+                yield from judged()
+    except ShardReadError:
+        yield from judged()
+        raise
+    yield from judged()
+
+
 def split_key(name: str) -> tuple[str, str]:
     """`dir/abc.json` -> (`dir/abc`, `json`): the extension is everything after the first dot."""
     slash = name.rfind("/") + 1
@@ -92,4 +135,5 @@ def iter_samples(shard: str | Path) -> Iterator[dict[str, Any]]:
     if sample is not None:
         yield sample
 
-__all__ = ["Fault", "ShardReadError", "decode_rgb", "iter_samples", "split_key"]
+__all__ = ["Fault", "ImageCheck", "ShardReadError", "decode_rgb", "iter_samples", "judge_images",
+           "split_key", "torch_image_check"]
