@@ -231,7 +231,8 @@ def measure_scaling(args: argparse.Namespace, out: Path) -> dict:
 
 # ---------------------------------------------------------------- main
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="dist-geo bench scale", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dist-geo bench scale",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under 15 min here")
     parser.add_argument("--only", nargs="+", choices=("names", "heads", "scaling"),
                         default=["names", "heads", "scaling"])
