@@ -1,21 +1,22 @@
 """Training images/s against the hardware's ceiling, per precision, with a per-step breakdown.
 
     dist-geo bench train [--size cpu|gpu] [--device cpu|cuda] [--precisions fp32 bf16]
-                               [--steps 60] [--warmup 10] [--loader dali|torch]
-                               [--out runs/bench_train] [key=value ...]
+                         [--steps 60] [--warmup 10] [--rounds 3] [--loader dali|torch]
+                         [--out runs/bench_train] [key=value ...]
 
 One process, one rank, the fidelity recipe's network and batch (bench/worlds.py), measured side
 by side in one run, per precision (fp32, bf16, and fp16 on a GPU):
 - `ceiling_images_per_s`: the model-only ceiling: the same network, CosFace head, optimizers
-  (dist_geo/train/optim.py) and precision (autocast over fp32 weights, GradScaler for fp16, channels-last as
-  configured) in a plain PyTorch loop on one batch already on the device;
+  (dist_geo/train/optim.py) and precision (autocast over fp32 weights, GradScaler for fp16,
+  channels-last as configured) in a plain PyTorch loop on one batch already on the device;
 - `engine_images_per_s`: `dist-geo train`'s own step (DeepSpeed engine, sharded head, head
   optimizer, device-side loss accumulation) on that same on-device batch: its overhead alone;
 - `end_to_end_images_per_s`: `dist-geo train`'s epoch with its loader reading the shards;
 - `breakdown_ms`: per step, the time in each phase the trainer names (data, forward, head,
   backward, optimizer), from torch.profiler over a separate end-to-end epoch (CPU time of the
   phase; on a GPU also the device time of its kernels).
-Each dist-geo measurement is a second epoch (the first, `--warmup` steps, pays the start-up).
+Each kind is warmed up first (`--warmup` steps), then measured `--rounds` times, interleaved with
+the others; the best of its rounds is reported.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -54,46 +56,51 @@ def fixed_batch(cfg: Config, classes: int, device: torch.device):
     return images, labels
 
 
-def plain_ceiling(cfg: Config, classes: int, steps: int, warmup: int) -> float:
-    """Images/s of a plain PyTorch step: network + head + two Adams, batch on the device."""
-    ctx = single_process(cfg.train.device)
-    torch.manual_seed(0)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = build_model(cfg.model).to(ctx.device, memory_format=memory_format).train()
-    head = build_head(cfg.loss, cfg.model.fc_output_dim, classes, ctx)
-    optimizers = [build_optimizer(model.parameters(), cfg.optim, cfg.optim.lr),
-                  build_optimizer(head.parameters(), cfg.optim, cfg.optim.classifiers_lr)]
-    dtype = AUTOCAST.get(cfg.train.precision)
-    scaler = torch.amp.GradScaler(ctx.device.type) if cfg.train.precision == "fp16" else None
-    images, labels = fixed_batch(cfg, classes, ctx.device)
-    images = images.contiguous(memory_format=memory_format)
-    total = torch.zeros((), device=ctx.device)
+class PlainStep:
+    """The model-only ceiling: network + head + two Adams in a plain PyTorch loop, on one batch
+    already on the device, with the trainer's precision and memory format."""
 
-    def step() -> None:
-        nonlocal total
-        for optimizer in optimizers:
+    def __init__(self, cfg: Config, classes: int):
+        ctx = single_process(cfg.train.device)
+        torch.manual_seed(0)
+        self.device, self.batch_size = ctx.device, cfg.train.batch_size
+        memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.model = build_model(cfg.model).to(ctx.device, memory_format=memory_format).train()
+        self.head = build_head(cfg.loss, cfg.model.fc_output_dim, classes, ctx)
+        self.optimizers = [build_optimizer(self.model.parameters(), cfg.optim, cfg.optim.lr),
+                           build_optimizer(self.head.parameters(), cfg.optim,
+                                           cfg.optim.classifiers_lr)]
+        self.dtype = AUTOCAST.get(cfg.train.precision)
+        self.scaler = (torch.amp.GradScaler(ctx.device.type) if cfg.train.precision == "fp16"
+                       else None)
+        images, self.labels = fixed_batch(cfg, classes, ctx.device)
+        self.images = images.contiguous(memory_format=memory_format)
+        self.total = torch.zeros((), device=ctx.device)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(ctx.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = head(model(images), labels)
-        if scaler is None:
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                            enabled=self.dtype is not None):
+            loss = self.head(self.model(self.images), self.labels)
+        if self.scaler is None:
             loss.backward()
-            for optimizer in optimizers:
+            for optimizer in self.optimizers:
                 optimizer.step()
         else:
-            scaler.scale(loss).backward()
-            for optimizer in optimizers:
-                scaler.step(optimizer)
-            scaler.update()
-        total += loss.detach()
+            self.scaler.scale(loss).backward()
+            for optimizer in self.optimizers:
+                self.scaler.step(optimizer)
+            self.scaler.update()
+        self.total += loss.detach()  # no host sync per step, as in the trainer
 
-    for _ in range(warmup):
-        step()
-    synchronize(ctx.device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(ctx.device)
-    return steps * cfg.train.batch_size / (time.perf_counter() - started)
+    def images_per_s(self, steps: int) -> float:
+        synchronize(self.device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        synchronize(self.device)
+        return steps * self.batch_size / (time.perf_counter() - started)
 
 
 class OnDevice:
@@ -109,39 +116,55 @@ class OnDevice:
         return {"corrupt_samples": 0}
 
 
-def measured_epoch(trainer, cfg: Config, warmup: int, steps: int, epoch: int = 1) -> float:
-    """Images/s of epoch `epoch` of `steps` iterations, after a warm-up epoch of `warmup`."""
-    cfg.train.iterations_per_epoch = warmup
-    trainer.train_epoch(epoch - 1)
+def epoch_speed(trainer, cfg: Config, steps: int, loader: OnDevice | None = None) -> float:
+    """Images/s of one `dist-geo train` epoch of `steps` iterations (group 1, from its first
+    batch), reading `loader` instead of the shards when given."""
     cfg.train.iterations_per_epoch = steps
-    return trainer.train_epoch(epoch)["images_per_s"]
+    trainer.state.position = replace(trainer.state.position, epoch=1, batch=0)
+    real = trainer_module.build_train_loader
+    if loader is not None:
+        trainer_module.build_train_loader = lambda *args, **kwargs: loader
+    try:
+        return trainer.train_epoch(1)["images_per_s"]
+    finally:
+        trainer_module.build_train_loader = real
 
 
-def dist_geo_speeds(cfg: Config, steps: int, warmup: int) -> dict:
-    """`dist-geo train`'s step on an on-device batch, end to end, and the phase breakdown."""
+def breakdown(trainer, cfg: Config, steps: int, device: torch.device) -> dict:
+    """Per-step time of each phase the trainer names, from torch.profiler over one epoch."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        epoch_speed(trainer, cfg, steps)
+    phases = {}
+    for event in prof.key_averages():
+        if event.key in PHASES:
+            phases[event.key] = {"cpu_ms": round(event.cpu_time_total / 1e3 / steps, 3)}
+            device_us = getattr(event, "device_time_total", 0) or 0
+            if device_us:
+                phases[event.key]["device_ms"] = round(device_us / 1e3 / steps, 3)
+    return phases
+
+
+def measure(cfg: Config, steps: int, warmup: int, rounds: int) -> dict:
+    """The ceiling, the engine on the on-device batch and the trainer end to end, each the best
+    of `rounds`, interleaved and in rotating order so that no kind is favoured by when it ran
+    (this machine's speed drifts), after a warm-up of each; then the phase breakdown."""
     ctx = single_process(cfg.train.device)
     trainer = trainer_module.Trainer(cfg, ctx)
     classes = trainer.heads[1].num_classes
-    real = trainer_module.build_train_loader
+    plain = PlainStep(cfg, classes)
     constant = OnDevice(fixed_batch(cfg, classes, ctx.device))
-    trainer_module.build_train_loader = lambda *args, **kwargs: constant
-    try:
-        engine = measured_epoch(trainer, cfg, warmup, steps)
-    finally:
-        trainer_module.build_train_loader = real
-    end_to_end = measured_epoch(trainer, cfg, warmup, steps, epoch=3)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.device.type == "cuda" else [])
-    cfg.train.iterations_per_epoch = steps
-    with profile(activities=activities) as prof:
-        trainer.train_epoch(1)
-    breakdown = {}
-    for event in prof.key_averages():
-        if event.key in PHASES:
-            breakdown[event.key] = {"cpu_ms": round(event.cpu_time_total / 1e3 / steps, 3)}
-            device_us = getattr(event, "device_time_total", 0) or 0
-            if device_us:
-                breakdown[event.key]["device_ms"] = round(device_us / 1e3 / steps, 3)
-    return {"classes": classes, "engine": engine, "end_to_end": end_to_end, "breakdown": breakdown}
+    kinds = {"ceiling": lambda n: plain.images_per_s(n),
+             "engine": lambda n: epoch_speed(trainer, cfg, n, constant),
+             "end_to_end": lambda n: epoch_speed(trainer, cfg, n)}
+    for run in kinds.values():
+        run(warmup)
+    best = dict.fromkeys(kinds, 0.0)
+    names = list(kinds)
+    for r in range(rounds):
+        for name in names[r % 3:] + names[:r % 3]:
+            best[name] = max(best[name], kinds[name](steps))
+    return {**best, "breakdown": breakdown(trainer, cfg, steps, ctx.device)}
 
 
 def main() -> None:
@@ -154,6 +177,8 @@ def main() -> None:
     parser.add_argument("--loader", choices=["dali", "torch"], default="dali")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved measurements of each kind; the best is reported")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dist-geo config overrides, e.g. train.channels_last=false")
     args = parser.parse_args()
@@ -168,7 +193,7 @@ def main() -> None:
     write_shards(world, shards, build_config(overrides=common).data)
     report: dict = {"size": args.size, "device": args.device, "loader": args.loader,
                     "image_size": recipe["image_size"], "batch": recipe["batch_size"],
-                    "threads": torch.get_num_threads(), "steps": args.steps,
+                    "threads": torch.get_num_threads(), "steps": args.steps, "rounds": args.rounds,
                     "overrides": args.overrides, "ceiling_images_per_s": {},
                     "engine_images_per_s": {}, "end_to_end_images_per_s": {},
                     "end_to_end_over_ceiling": {}, "breakdown_ms": {}}
@@ -176,8 +201,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.out) as out:
             cfg = build_config(overrides=common + [f"train.precision={precision}",
                                                    f"train.out={out}"])
-            measured = dist_geo_speeds(cfg, args.steps, args.warmup)
-            ceiling = plain_ceiling(cfg, measured["classes"], args.steps, args.warmup)
+            measured = measure(cfg, args.steps, args.warmup, args.rounds)
+            ceiling = measured["ceiling"]
         report["ceiling_images_per_s"][precision] = round(ceiling, 1)
         report["engine_images_per_s"][precision] = round(measured["engine"], 1)
         report["end_to_end_images_per_s"][precision] = round(measured["end_to_end"], 1)

@@ -77,16 +77,12 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext
     Safe to call twice: an existing process group is reused. When the launcher serves the
     store (TORCHELASTIC_USE_AGENT_STORE: torchrun's agent, our local launcher) the group is
     joined through keys private to the restart (`_join_elastic_group`), else `env://`.
-    Sets `DS_ACCELERATOR=cpu` when no GPU will be used, before DeepSpeed is imported
-    anywhere, so DeepSpeed talks gloo.
     """
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     ctx = DistContext(rank=int(os.environ.get("RANK", 0)),
                       world_size=int(os.environ.get("WORLD_SIZE", 1)),
                       local_rank=local_rank, device=choose_device(device, local_rank))
-    if ctx.device.type == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    else:
+    if ctx.device.type == "cuda":
         torch.cuda.set_device(ctx.device)
     if ctx.is_distributed and not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s)

@@ -19,8 +19,8 @@ is skipped exactly as the network's is (CosPlace's AMP: `scaler.step` per optimi
 `scaler.update()`).
 
 DeepSpeed on CPU (measured with deepspeed 0.19.8, torch 2.14.1, see `prepare_deepspeed`):
-- `DS_ACCELERATOR=cpu` makes it use gloo; `dist_geo.distributed.init_distributed` sets it before
-  DeepSpeed is imported (this module imports DeepSpeed lazily for that reason).
+- `DS_ACCELERATOR=cpu` makes it use gloo; `prepare_deepspeed` sets it before DeepSpeed is
+  imported (this module imports DeepSpeed lazily for that reason).
 - Its CPU communication backend JIT-compiles a shared-memory all-reduce op
   (`deepspeed_shm_comm`, about 30 s with g++/ninja, then cached in ~/.cache/torch_extensions or
   $TORCH_EXTENSIONS_DIR) on the first `initialize`. There is no config or env switch for it; the
@@ -80,11 +80,13 @@ def deepspeed_config(cfg: Config, ctx: DistContext) -> dict[str, Any]:
 def prepare_deepspeed(ctx: DistContext) -> None:
     """Everything DeepSpeed needs before `initialize` on this machine (see the module docstring)."""
     os.environ.setdefault("LOCAL_RANK", str(ctx.local_rank))
+    if ctx.device.type == "cpu":  # else DeepSpeed probes for one and prints that it found none
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not dist.is_initialized():
         dist.init_process_group(
             ctx.backend, store=dist.HashStore(), rank=0, world_size=1
         )
-    import deepspeed.ops  # lazy: after init_distributed has set DS_ACCELERATOR (docstring)
+    import deepspeed.ops  # lazy: after DS_ACCELERATOR is set (docstring)
     from deepspeed.utils import logger
 
     logger.setLevel(logging.WARNING)  # its INFO lines repeat on every rank

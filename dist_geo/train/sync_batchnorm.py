@@ -7,14 +7,19 @@ depends on the number of processes. Synchronised batch norm computes the statist
 whole global batch, so W ranks compute exactly what one process computes on the whole batch.
 
 On GPUs (NCCL) this is torch's `SyncBatchNorm`. Torch refuses it on the CPU (its kernels are
-CUDA-only), so for gloo `GlobalBatchNorm` does the same with two all-reduces per layer:
-    mean = sum_r sum(x_r) / n,    var = sum_r sum((x_r - mean)^2) / n    (n = global count)
-normalising with the biased variance and updating the running variance with the unbiased one,
-as BatchNorm does. The all-reduce is differentiable (its backward is the all-reduce of the
-gradients), so each rank's backward includes its share of the statistics' gradients: with the
-head's `world` gradient scale and the engine's average over ranks (model/partial_fc.py), the
-network's gradients are those of one process on the global batch. In eval mode, or alone,
-both are plain BatchNorm; their state dicts are BatchNorm's, so checkpoints stay CosPlace's.
+CUDA-only), so for gloo `GlobalBatchNorm` does the same with one collective per layer each way,
+as SyncBatchNorm does (on 2 CPU ranks each collective is a wait for the slower rank, ~2 ms):
+- forward: each rank's count n_r, mean m_r and sum of squared deviations M2_r, all-gathered and
+  combined (Chan et al.'s parallel variance, stable whatever the mean, unlike sum(x^2)/n - m^2):
+      n = sum_r n_r,   mean = sum_r n_r m_r / n,   var = sum_r (M2_r + n_r (m_r - mean)^2) / n
+- backward: every rank's outputs depend on every rank's inputs through (mean, var), so each rank
+  all-reduces its gradients g_mean, g_var of the statistics, and input x_i gets
+      dL/dx_i (through the statistics) = (G_mean + 2 G_var (x_i - mean)) / n     (G: the sums).
+Training normalises with the biased variance and updates the running variance with the unbiased
+one, as BatchNorm does. With the head's `world` gradient scale and the engine's average over
+ranks (model/partial_fc.py), the network's gradients are those of one process on the global
+batch. In eval mode, or alone, both are plain BatchNorm; their state dicts are BatchNorm's, so
+checkpoints stay CosPlace's.
 """
 from __future__ import annotations
 
@@ -23,20 +28,34 @@ import torch.distributed as dist
 from torch import nn
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; the backward sums the gradients over ranks too."""
+class _GlobalMoments(torch.autograd.Function):
+    """Per-channel mean and biased variance of x (N, C, H, W) over every rank's batch, and the
+    global count (module docstring: one all-gather forward, one all-reduce backward)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = x.clone()
-        dist.all_reduce(out)
-        return out
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        channels = x.shape[1]
+        var_r, mean_r = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        n_r = x.numel() // channels
+        local = torch.cat([x.new_tensor([n_r]), mean_r, var_r * n_r])
+        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, local)
+        stats = torch.stack(gathered)
+        counts, means, m2s = stats[:, :1], stats[:, 1:channels + 1], stats[:, channels + 1:]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (m2s + counts * (means - mean).square()).sum(0) / n
+        ctx.save_for_backward(x, mean, n)
+        ctx.mark_non_differentiable(n)
+        return mean, var, n
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.clone()
-        dist.all_reduce(out)
-        return out
+    def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor, _) -> torch.Tensor:
+        x, mean, n = ctx.saved_tensors
+        grads = torch.cat([grad_mean, grad_var])
+        dist.all_reduce(grads)
+        g_mean, g_var = (g.view(1, -1, 1, 1) for g in grads.chunk(2))
+        return (g_mean + 2 * g_var * (x - mean.view(1, -1, 1, 1))) / n
 
 
 class GlobalBatchNorm(nn.BatchNorm2d):
@@ -47,18 +66,13 @@ class GlobalBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         shape = (1, -1, 1, 1)
         local = x.float()
-        count = local.new_tensor([local.numel() / local.shape[1]])
-        sums = _AllReduceSum.apply(torch.cat([local.sum((0, 2, 3)), count]))
-        n = sums[-1]
-        mean = sums[:-1] / n
-        centred = local - mean.view(shape)
-        var = _AllReduceSum.apply(centred.square().sum((0, 2, 3))) / n
+        mean, var, n = _GlobalMoments.apply(local)
         with torch.no_grad():
             self.num_batches_tracked += 1
             momentum = self.momentum or 1.0 / float(self.num_batches_tracked)  # None: average
             self.running_mean.lerp_(mean, momentum)
             self.running_var.lerp_(var * n / (n - 1), momentum)
-        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        y = (local - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
