@@ -1,7 +1,7 @@
 """Does `dist-geo train` learn what the method learns? The oracle beside our trainer's variants.
 
-    dist-geo bench fidelity [--out runs/bench_fidelity] [--size cpu|gpu] [--device cpu|cuda]
-                            [--seeds 0 1] [--variants oracle torch_fp32 ...] [recipe_key=value ...]
+    dist-geo bench fidelity [recipe_key=value ...] [--out runs/bench_fidelity] [--size cpu|gpu]
+                            [--device cpu|cuda] [--seeds 0 1] [--variants oracle torch_fp32 ...]
 
 One synthetic world, one recipe, one budget; every trainer trained with each seed from random
 initialisation, its best epoch by val recall@1 tested on the test split:
@@ -15,9 +15,10 @@ recall@1/5, then per trainer the means over seeds, their spread (max - min) and 
 oracle's mean (`fidelity`: within `--tolerance` points, or above). `untrained` is the initial
 network's test recall (seed 0), the level learning must clearly exceed.
 
-`--size cpu` (the default, about 40 minutes on 2 cores) renders a 96 px world and trains on
-64 px crops; `--size gpu` is the recipe of the fidelity issue: a world rendered at 128 px and
-upscaled to 512 px, 512 px crops, test at native size (use with `--device cuda`).
+`--size cpu` (the default on the CPU, about 45 minutes on 2 cores) renders a 96 px world and
+trains on 64 px crops; `--size gpu` (the default with `--device cuda`) is the recipe of the
+fidelity issue: a world rendered at 128 px and upscaled to 512 px, 512 px crops, test at native
+size. Recipe overrides come before the options (`--seeds` takes every number after it).
 """
 from __future__ import annotations
 
@@ -108,7 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="dist-geo bench fidelity",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_fidelity"))
-    parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    parser.add_argument("--size", choices=sorted(SIZES),
+                        help="the world and crops (default: cpu on the CPU, gpu with --device cuda)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", choices=["oracle", *VARIANTS])
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("recipe", nargs="*", metavar="key=value",
                         help="recipe overrides (bench/oracle.py's Recipe keys), e.g. epochs_num=2")
     args = parser.parse_args()
+    args.size = args.size or ("gpu" if args.device == "cuda" else "cpu")
     size = SIZES[args.size]
     recipe = dict(size["recipe"])
     for text in args.recipe:

@@ -87,6 +87,7 @@ def run_demo(cfg: Config, out: Path, nproc: int | None = None, preset: str = "de
     log.info("2/4 shards of the first %d groups -> %s", cfg.data.groups_num, cfg.data.shards)
     write_shards(cfg.data.dataset, cfg.data.shards, cfg.data)
     timings["data_s"] = time.perf_counter() - started
+    log.info("data ready in %.0f s", timings["data_s"])
 
     plan = plan_local(cfg, nproc, torch.cuda.device_count())
     cfg.train.device = plan.device
@@ -95,6 +96,7 @@ def run_demo(cfg: Config, out: Path, nproc: int | None = None, preset: str = "de
     t = time.perf_counter()
     trained = launch_local(cfg, nproc=plan.nproc)
     timings["train_s"] = time.perf_counter() - t
+    log.info("trained and tested in %.0f s", timings["train_s"])
 
     log.info("4/4 baselines: untrained network and raw pixels")
     t = time.perf_counter()
@@ -158,3 +160,6 @@ def print_comparison(results: dict[str, Any], splits: list[str]) -> None:
             row += [f"{m['recall_at_1']:.1f}", f"{m['recall_at_5']:.1f}"]
         table.add_row(*row)
     Console().print(table)
+    seconds = results["timings_s"]
+    print(f"{seconds['total_s']:.0f} s in all: data {seconds['data_s']:.0f} s, training and "
+          f"testing {seconds['train_s']:.0f} s, baselines {seconds['baselines_s']:.0f} s")
