@@ -3,8 +3,9 @@ same operators on the CPU when there is none (`device_id=None`), one output cont
 
 `fn.readers.webdataset` reads the group's tars through their wds2idx index files; DALI splits
 the samples in `num_shards` contiguous parts and this rank keeps part `shard_id`
-(`stick_to_shard`, as the torch loader keeps its shards); it shuffles within a buffer
-(`initial_fill`, the layout already shuffled samples across shards) and pads the last batch
+(`stick_to_shard`, as the torch loader keeps its shards); it reads class-uniform shards in
+order and shuffles image-uniform ones within a buffer (`initial_fill`,
+contract.sample_shuffle) and pads the last batch
 (`pad_last_batch`) so every rank's pass has whole batches; `reader_name` lets
 DALIGenericIterator end a pass, after which the next pass starts (endless stream). The
 augmentation is the torch loader's, as a DALI graph (dali_augment.py), its random draws from
@@ -36,7 +37,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from dist_geo.config import AugmentConfig, Config
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
-from dist_geo.loaders.contract import FaultCounter, RankShards
+from dist_geo.loaders.contract import FaultCounter, RankShards, sample_shuffle
 from dist_geo.loaders.dali_augment import ParamSource, augment, draws
 from dist_geo.shards.dali_check import DaliImageCheck, dali_error
 from dist_geo.shards.manifest import entry_key_end, index_entries, index_path
@@ -54,7 +55,8 @@ def _train_pipeline(tars: list[str], indexes: list[str], shard_id: int, num_shar
                     params: ParamSource, max_pixels: int, keys_only: bool = False):
     jpegs, labels = fn.readers.webdataset(
         paths=tars, index_paths=indexes, ext=["jpg", "cls"], dtypes=[types.UINT8, types.INT64],
-        missing_component_behavior="error", random_shuffle=True, initial_fill=initial_fill,
+        missing_component_behavior="error", random_shuffle=initial_fill > 1,
+        initial_fill=initial_fill,
         shard_id=shard_id, num_shards=num_shards, stick_to_shard=True, pad_last_batch=True,
         name=READER,
     )
@@ -139,7 +141,7 @@ class DaliTrainLoader:
         pipe = _train_pipeline(
             tars=list(self.tars), indexes=list(self.tars.values()),
             shard_id=self.ctx.rank, num_shards=self.ctx.world_size,
-            initial_fill=data.shuffle_buffer, aug=data.augment, image_size=data.image_size,
+            initial_fill=sample_shuffle(data), aug=data.augment, image_size=data.image_size,
             gpu=self.gpu, params=ParamSource(data.augment, batch_size, self.seed, start_batch),
             max_pixels=data.max_image_pixels, keys_only=self.keys_only, batch_size=batch_size,
             num_threads=max(1, data.num_workers), device_id=self._device_id,
@@ -148,8 +150,14 @@ class DaliTrainLoader:
         pipe.build()
         outputs = ["images", "labels"] if self.keys_only else ["images", "labels", "too_big"]
         policy = LastBatchPolicy.PARTIAL if self.keys_only else LastBatchPolicy.DROP
-        return DALIGenericIterator(pipe, outputs, reader_name=READER, last_batch_policy=policy,
-                                   auto_reset=True)
+        try:  # the iterator runs the first batch already: a bad sample may fail it here
+            return DALIGenericIterator(pipe, outputs, reader_name=READER,
+                                       last_batch_policy=policy, auto_reset=True)
+        except RuntimeError as e:
+            if self.keys_only:
+                raise
+            self._leave_out_unusable(dali_error(e))  # builds the next pipeline
+            return self._iter
 
     def _leave_out_unusable(self, failure: str) -> None:
         """After the pipeline failed or met an oversized image: index files without the samples

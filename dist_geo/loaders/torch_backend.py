@@ -3,7 +3,7 @@
 Per rank, one endless stream: passes over the rank's shards, each pass in a new seeded order,
 split across DataLoader workers (as `wds.split_by_worker`), read sample by sample
 (dist_geo/shards/reading.py, so faults carry shard and key), shuffled in a seeded buffer
-(`wds.shuffle`), decoded and augmented (dist_geo/loaders/augment.py) and batched inside the
+(`wds.shuffle`) when the shards are image-uniform (contract.sample_shuffle), decoded and augmented (dist_geo/loaders/augment.py) and batched inside the
 worker. The DataLoader takes batches from its workers in turn, so batch i comes from worker
 i % W and the stream is a function of (seed, rank, worker count) alone: every random choice
 is seeded, the augmentation of sample n of worker w by seed (seed, w, n). That is also what
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dist_geo.config import Config
 from dist_geo.errors import DataError
 from dist_geo.loaders.augment import torch_transform
-from dist_geo.loaders.contract import FaultCounter, RankShards, derive_seed
+from dist_geo.loaders.contract import FaultCounter, RankShards, derive_seed, sample_shuffle
 from dist_geo.shards.manifest import decode_label
 from dist_geo.shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 from dist_geo.signals import ignore_stop_signals
@@ -58,7 +58,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world = share.sample_rank, share.sample_world
         self.seed, self.start_batch, self.passes, self.decode = seed, start_batch, passes, decode
         self.batch_size = cfg.train.per_rank_batch(share.world)
-        self.buffer = cfg.data.shuffle_buffer
+        self.buffer = sample_shuffle(cfg.data)
         self.max_pixels = cfg.data.max_image_pixels
         self.transform = torch_transform(cfg.data.augment, cfg.data.image_size)
         self.faults: list[Fault] = []

@@ -83,6 +83,31 @@ def test_two_ranks_see_every_sample_once_per_pass(tiny_world, tmp_path, backend,
     assert sorted(seen) == sorted(expected) and len(set(seen)) == len(seen)
 
 
+def descents(keys: list[tuple[str, int]]) -> int:
+    """How often the stream steps back in the group's sequence (keys are g<group>-<position>)."""
+    positions = [int(key.rsplit("-", 1)[1]) for key, _ in keys]
+    return sum(b < a for a, b in zip(positions, positions[1:]))
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_class_uniform_passes_are_streamed_in_order(tiny_world, tmp_path, backend):
+    """CosPlace visits each class once per pass over the classes; the shards hold such passes,
+    so a loader must not shuffle samples across them: within each shard the stream follows
+    the layout (it may only step back where a new shard starts). Image-uniform shards are
+    still shuffled per sample."""
+    for sampling in ("class_uniform", "image_uniform"):
+        cfg = config(tmp_path / sampling, f"data.loader={backend}", f"data.sampling={sampling}")
+        write_shards(tiny_world, tmp_path / sampling, cfg.data)
+        share = rank_shards(tmp_path / sampling, 0, single_process())
+        keys = (pass_keys(share, cfg, seed=0)[0] if backend == "torch"
+                else dali_pass_keys(share, cfg, seed=0, ctx=single_process()))
+        assert len(keys) == sum(n for _, n in share.shards)
+        if sampling == "class_uniform":
+            assert descents(keys) < len(share.shards)
+        else:
+            assert descents(keys) > len(share.shards)
+
+
 @pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_deterministic_and_exact_resume_with_workers(shard_dir, backend):
     cfg = config(shard_dir, f"data.loader={backend}", "data.num_workers=2")
