@@ -31,7 +31,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from dist_geo.config import Config, build_config
-from dist_geo.distributed import single_process
+from dist_geo.distributed import DistContext, single_process
 from dist_geo.model.network import build_model
 from dist_geo.model.partial_fc import build_head
 from dist_geo.shards.writer import write_shards
@@ -60,8 +60,7 @@ class PlainStep:
     """The model-only ceiling: network + head + two Adams in a plain PyTorch loop, on one batch
     already on the device, with the trainer's precision and memory format."""
 
-    def __init__(self, cfg: Config, classes: int):
-        ctx = single_process(cfg.train.device)
+    def __init__(self, cfg: Config, classes: int, ctx: DistContext):
         torch.manual_seed(0)
         self.device, self.batch_size = ctx.device, cfg.train.batch_size
         memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
@@ -152,7 +151,7 @@ def measure(cfg: Config, steps: int, warmup: int, rounds: int) -> dict:
     ctx = single_process(cfg.train.device)
     trainer = trainer_module.Trainer(cfg, ctx)
     classes = trainer.heads[1].num_classes
-    plain = PlainStep(cfg, classes)
+    plain = PlainStep(cfg, classes, ctx)
     constant = OnDevice(fixed_batch(cfg, classes, ctx.device))
     kinds = {"ceiling": lambda n: plain.images_per_s(n),
              "engine": lambda n: epoch_speed(trainer, cfg, n, constant),

@@ -84,7 +84,8 @@ class DataConfig:
     skip_bad: bool = _key(False, "skip and count unparsable names / corrupt samples instead of "
                           "failing")
     shard_seed: int = _key(0, "order of the samples in the shards (written once, fixed)")
-    shuffle_buffer: int = _range(1000, 1, doc="samples in the loaders' shuffle buffer, per rank")
+    shuffle_buffer: int = _range(1000, 1, doc="samples in the loaders' shuffle buffer, per rank "
+                                 "(image_uniform shards; class_uniform ones stream in order)")
     strict: bool = _key(False, "loaders: a corrupt sample raises instead of being skipped and "
                         "counted")
     # Every decoder (shard, loaders, eval) refuses an image whose header promises more pixels:

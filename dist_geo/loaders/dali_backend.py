@@ -156,12 +156,12 @@ class DaliTrainLoader:
         except RuntimeError as e:
             if self.keys_only:
                 raise
-            self._leave_out_unusable(dali_error(e))  # builds the next pipeline
-            return self._iter
+            self._leave_out_unusable(dali_error(e))
+            return self._build()
 
     def _leave_out_unusable(self, failure: str) -> None:
         """After the pipeline failed or met an oversized image: index files without the samples
-        DALI cannot use, and a new pipeline."""
+        DALI cannot use (the caller builds the next pipeline)."""
         check = DaliImageCheck(self.cfg.data.max_image_pixels, self._device_id)
         found, bad_keys = [], {}
         for tar in self.tars:
@@ -179,7 +179,6 @@ class DaliTrainLoader:
             self._use_index(tar, kept)
         if not self.tars:
             raise DataError("no decodable sample left in this group's shards")
-        self._iter = self._build()
 
     def __iter__(self) -> DaliTrainLoader:
         return self
@@ -194,10 +193,12 @@ class DaliTrainLoader:
                 if self.keys_only:
                     raise
                 self._leave_out_unusable(dali_error(e))
+                self._iter = self._build()
                 continue
             if self.keys_only or not batch["too_big"].any():
                 return batch
             self._leave_out_unusable("an image over data.max_image_pixels")
+            self._iter = self._build()
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._next_batch()

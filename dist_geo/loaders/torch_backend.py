@@ -3,8 +3,8 @@
 Per rank, one endless stream: passes over the rank's shards, each pass in a new seeded order,
 split across DataLoader workers (as `wds.split_by_worker`), read sample by sample
 (dist_geo/shards/reading.py, so faults carry shard and key), shuffled in a seeded buffer
-(`wds.shuffle`) when the shards are image-uniform (contract.sample_shuffle), decoded and augmented (dist_geo/loaders/augment.py) and batched inside the
-worker. The DataLoader takes batches from its workers in turn, so batch i comes from worker
+(`wds.shuffle`) when the shards are image-uniform (contract.sample_shuffle), decoded and
+augmented (dist_geo/loaders/augment.py) and batched inside the worker. The DataLoader takes batches from its workers in turn, so batch i comes from worker
 i % W and the stream is a function of (seed, rank, worker count) alone: every random choice
 is seeded, the augmentation of sample n of worker w by seed (seed, w, n). That is also what
 makes `start_batch` cheap and exact: each worker skips its share of the samples before
