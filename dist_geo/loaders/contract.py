@@ -9,12 +9,13 @@ torch_backend.py). Both keep this contract:
   S = cfg.data.image_size);
 - endless within an epoch: passes over the rank's shards follow each other (the trainer
   takes cfg.train.iterations_per_epoch batches);
-- deterministic given (cfg.train.seed, epoch, rank, world size, cfg.data.num_workers);
-  `start_batch` skips that many batches, so a resumed epoch continues with the batches the
-  interrupted one would have produced;
-- each rank reads its own part of the group: whole shards (shard i goes to rank i % world)
-  when there are at least as many shards as ranks, else every world-th sample (DALI always
-  splits by samples: `shard_id`/`num_shards`);
+- deterministic given (cfg.train.seed, epoch, rank, world size); `start_batch` skips that
+  many batches, so a resumed epoch continues with the batches the interrupted one would have
+  produced;
+- one stream per group, the same on every rank, dealt out in stretches of the per-rank
+  batch: rank r's batch k is the r-th part of global batch k, which is one stretch of the
+  stream, the batch one process would train on (the samples' order does not depend on the
+  number of ranks or workers);
 - a class-uniform group is streamed in its shards' order (`sample_shuffle`), as CosPlace
   visits its classes, pass after pass; only image-uniform shards are shuffled per sample;
 - `num_classes` is the group's class count; a corrupt sample (unreadable tar member or
@@ -76,29 +77,12 @@ def sample_shuffle(data: DataConfig) -> int:
 
 @dataclass(frozen=True)
 class RankShards:
-    """A group's shards (path, sample count) and which part of them this rank reads."""
+    """A group's shards (path, sample count), and the rank that deals itself its part of them."""
 
     all_shards: list[tuple[str, int]]
     num_classes: int
     rank: int
     world: int
-
-    @property
-    def by_shard(self) -> bool:
-        return len(self.all_shards) >= self.world
-
-    @property
-    def shards(self) -> list[tuple[str, int]]:
-        """The shards this rank opens (all of them when splitting by samples)."""
-        return self.all_shards[self.rank::self.world] if self.by_shard else self.all_shards
-
-    @property
-    def sample_rank(self) -> int:
-        return 0 if self.by_shard else self.rank
-
-    @property
-    def sample_world(self) -> int:
-        return 1 if self.by_shard else self.world
 
 
 def rank_shards(out_dir: str | Path, group_index: int, ctx: DistContext) -> RankShards:

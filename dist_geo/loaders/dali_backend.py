@@ -1,19 +1,20 @@
 """The training loader as a DALI pipeline: GPU decode and augmentation when there is a GPU, the
 same operators on the CPU when there is none (`device_id=None`), one output contract.
 
-`fn.readers.webdataset` reads the group's tars through their wds2idx index files; DALI splits
-the samples in `num_shards` contiguous parts and this rank keeps part `shard_id`
-(`stick_to_shard`, as the torch loader keeps its shards); it reads class-uniform shards in
-order and shuffles image-uniform ones within a buffer (`initial_fill`,
-contract.sample_shuffle) and pads the last batch
-(`pad_last_batch`) so every rank's pass has whole batches; `reader_name` lets
-DALIGenericIterator end a pass, after which the next pass starts (endless stream). The
-augmentation is the torch loader's, as a DALI graph (dali_augment.py), its random draws from
-a seeded external source.
+`fn.readers.webdataset` reads the group's tars, in order, through index files of this rank's
+samples alone: the group's stream is dealt out in stretches of the per-rank batch B, stretch c
+to rank c % R, as the torch loader deals it, so global batch k is one stretch of the stream
+(CosPlace's batch: consecutive visits of one pass over the classes, no class twice), whatever
+the number of ranks; a pass keeps only whole global batches, so every rank has as many
+batches per pass and the ranks stay in step pass after pass. Class-uniform shards are read in
+order, image-uniform ones shuffled within a buffer (`initial_fill`,
+contract.sample_shuffle); `reader_name` lets DALIGenericIterator end a pass, after which the
+next pass starts (endless stream). The augmentation is the torch loader's, as a DALI graph
+(dali_augment.py), its random draws from an external source seeded per rank.
 
 Corrupt data: a DALI pipeline cannot skip a sample, it stops. So each tar is checked against
-its index before the pipeline is built (a truncated tar is read through a rewritten index of
-its whole samples, in a temporary folder); when the pipeline fails, or flags an image whose
+its index before the pipeline is built (the rank's index of a truncated tar holds only its
+whole samples); when the pipeline fails, or flags an image whose
 header promises more than data.max_image_pixels (never decoded), the shards are scanned
 with DALI's own decoder (dist_geo/shards/dali_check.py) for the images it cannot use, which
 are left out of rewritten indexes the same way, and the pipeline is rebuilt. Each sample left
@@ -37,7 +38,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from dist_geo.config import AugmentConfig, Config
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
-from dist_geo.loaders.contract import FaultCounter, RankShards, sample_shuffle
+from dist_geo.loaders.contract import FaultCounter, RankShards, derive_seed, sample_shuffle
 from dist_geo.loaders.dali_augment import ParamSource, augment, draws
 from dist_geo.shards.dali_check import DaliImageCheck, dali_error
 from dist_geo.shards.manifest import entry_key_end, index_entries, index_path
@@ -50,15 +51,13 @@ SOURCE_INFO_BYTES = 4096  # "<tar>:<offset>:<key>.jpg", padded so DALIGenericIte
 
 
 @pipeline_def(enable_conditionals=True)
-def _train_pipeline(tars: list[str], indexes: list[str], shard_id: int, num_shards: int,
-                    initial_fill: int, aug: AugmentConfig, image_size: int, gpu: bool,
+def _train_pipeline(tars: list[str], indexes: list[str], initial_fill: int, aug: AugmentConfig, image_size: int, gpu: bool,
                     params: ParamSource, max_pixels: int, keys_only: bool = False):
     jpegs, labels = fn.readers.webdataset(
         paths=tars, index_paths=indexes, ext=["jpg", "cls"], dtypes=[types.UINT8, types.INT64],
         missing_component_behavior="error", random_shuffle=initial_fill > 1,
         initial_fill=initial_fill,
-        shard_id=shard_id, num_shards=num_shards, stick_to_shard=True, pad_last_batch=True,
-        name=READER,
+        pad_last_batch=True, name=READER,
     )
     if keys_only:
         info = fn.get_property(jpegs, key="source_info")
@@ -101,28 +100,42 @@ class DaliTrainLoader:
     def __init__(self, share: RankShards, cfg: Config, seed: int, ctx: DistContext,
                  start_batch: int = 0, keys_only: bool = False):
         self.num_classes = share.num_classes
-        self.cfg, self.ctx, self.seed, self.keys_only = cfg, ctx, seed, keys_only
+        self.cfg, self.ctx, self.keys_only = cfg, ctx, keys_only
+        self.seed = derive_seed(seed, ctx.rank)  # the ranks' augmentations must differ
         self.faults = FaultCounter(cfg.data.strict)
         self.gpu = ctx.device.type == "cuda"
         self._index_dir: tempfile.TemporaryDirectory | None = None
         self._left_out: set[tuple[str, str]] = set()  # (tar, key) of samples DALI cannot use
         self._rewritten: list[str] = []  # tars read through a rewritten index, in order
-        self.tars = {tar: str(index_path(Path(tar))) for tar, _ in share.all_shards}  # -> index
+        self.tars: dict[str, str] = {}  # tar -> the index file this rank reads it through
+        readable = {}
         for tar, _ in share.all_shards:
-            entries, fault = _readable_entries(tar)
-            if fault:
+            readable[tar], fault = _readable_entries(tar)
+            if fault and ctx.rank == 0:  # every rank reads it: the ranks' counts are summed
                 self.faults.add_all([fault])
-                self._use_index(tar, entries)
+        self._deal(readable, cfg.train.per_rank_batch(ctx.world_size))
         if not self.tars:
             raise DataError(f"{share.all_shards[0][0]}: no readable shard in this group")
         self._iter = self._build(start_batch)
         for _ in range(start_batch):
             self._next_batch()
 
+    def _deal(self, readable: dict[str, list[str]], batch: int) -> None:
+        """Index files of this rank's stretches of the group's stream (the tars' `readable`
+        samples in order), up to the last whole global batch."""
+        rank, world = self.ctx.rank, self.ctx.world_size
+        total = sum(len(entries) for entries in readable.values())
+        end = total // (batch * world) * (batch * world)
+        start = 0
+        for tar, entries in readable.items():
+            self._use_index(tar, [e for i, e in enumerate(entries, start)
+                                  if i < end and i // batch % world == rank])
+            start += len(entries)
+
     def _use_index(self, tar: str, entries: list[str]) -> None:
         """Read `tar` through an index of only `entries` (written in a temporary folder)."""
         if not entries:
-            del self.tars[tar]
+            self.tars.pop(tar, None)
             return
         if self._index_dir is None:
             self._index_dir = tempfile.TemporaryDirectory(prefix="dist_geo_idx_")
@@ -139,9 +152,7 @@ class DaliTrainLoader:
         data = self.cfg.data
         batch_size = self.cfg.train.per_rank_batch(self.ctx.world_size)
         pipe = _train_pipeline(
-            tars=list(self.tars), indexes=list(self.tars.values()),
-            shard_id=self.ctx.rank, num_shards=self.ctx.world_size,
-            initial_fill=sample_shuffle(data), aug=data.augment, image_size=data.image_size,
+            tars=list(self.tars), indexes=list(self.tars.values()), initial_fill=sample_shuffle(data), aug=data.augment, image_size=data.image_size,
             gpu=self.gpu, params=ParamSource(data.augment, batch_size, self.seed, start_batch),
             max_pixels=data.max_image_pixels, keys_only=self.keys_only, batch_size=batch_size,
             num_threads=max(1, data.num_workers), device_id=self._device_id,

@@ -13,7 +13,7 @@ def build_train_loader(cfg: Config, group_index: int, ctx: DistContext, epoch: i
                        start_batch: int = 0) -> TrainLoader:
     """The endless batch stream of group `group_index` for this rank in `epoch`."""
     share = rank_shards(shards_dir(cfg.data), group_index, ctx)
-    seed = derive_seed(cfg.train.seed, epoch, ctx.rank)
+    seed = derive_seed(cfg.train.seed, epoch)  # the group's stream: the same on every rank
     if cfg.data.loader == "torch":
         return TorchTrainLoader(share, cfg, seed, ctx.device, start_batch)
     try:  # imported here: a machine without DALI still trains with data.loader=torch

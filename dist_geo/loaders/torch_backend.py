@@ -1,20 +1,21 @@
 """The training loader on webdataset + torchvision.transforms.v2 (where DALI is not installable).
 
-Per rank, one endless stream: passes over the rank's shards, each pass in a new seeded order,
-split across DataLoader workers (as `wds.split_by_worker`), read sample by sample
-(dist_geo/shards/reading.py, so faults carry shard and key), shuffled in a seeded buffer
-(`wds.shuffle`) when the shards are image-uniform (contract.sample_shuffle), decoded and
-augmented (dist_geo/loaders/augment.py) and batched inside the worker. The DataLoader takes batches from its workers in turn, so batch i comes from worker
-i % W and the stream is a function of (seed, rank, worker count) alone: every random choice
-is seeded, the augmentation of sample n of worker w by seed (seed, w, n). That is also what
-makes `start_batch` cheap and exact: each worker skips its share of the samples before
-decoding them.
+The group's stream is the same on every rank and worker: passes over all of the group's
+shards, each pass in a new seeded order, read sample by sample (dist_geo/shards/reading.py,
+so faults carry shard and key), shuffled in a seeded buffer (`wds.shuffle`) when the shards
+are image-uniform (contract.sample_shuffle). Its samples are dealt out in stretches of the
+per-rank batch B: stretch c goes to rank c % R as that rank's batch c // R, so global batch k
+is samples [k R B, (k+1) R B) of the stream, the batch one process would train on (CosPlace's
+batch: consecutive visits of one pass over the classes, no class twice). A rank's batch k
+is made by DataLoader worker k % W, which the DataLoader asks in turn; each worker decodes and
+augments only its own samples, the augmentation of stream position i seeded by (seed, i). So
+the global stream is a function of the seed alone, whatever the number of ranks and workers,
+and `start_batch` is cheap and exact: earlier batches are never decoded. Every rank and worker
+reads every shard of the group: reading a tar costs little beside decoding its JPEGs.
 
 The pipeline is assembled from webdataset stages rather than `wds.WebDataset`, whose shard
 opening hands errors over without the member's key and whose `shardshuffle`/`empty_check`
-concern finite shard lists: here the shard order is explicit (seeded per pass) and a worker
-takes every W-th shard of the endless pass sequence, so no worker is ever empty, even with
-fewer shards than workers.
+concern finite shard lists: here the shard order is explicit (seeded per pass).
 """
 from __future__ import annotations
 
@@ -40,22 +41,20 @@ from dist_geo.signals import ignore_stop_signals
 class _Shard:
     url: str
     samples: int
-    offset: int  # position of its first sample in the group's sequence
 
 
 class ShardStream(IterableDataset):
-    """Batches {"images", "labels", "keys", "faults"} of one rank's share of a group's shards.
+    """Batches {"images", "labels", "keys", "faults"} of one rank's stretches of a group's stream.
 
     `passes=None` streams endlessly; `decode=False` yields keys and labels only (one pass of
-    it is what a rank sees per pass over its shards, used to check coverage).
+    it is what a rank sees per pass over the group, used to check coverage).
     """
 
     def __init__(self, share: RankShards, cfg: Config, seed: int, start_batch: int = 0,
                  passes: int | None = None, decode: bool = True):
         super().__init__()
-        offsets = itertools.accumulate([s for _, s in share.shards], initial=0)
-        self.shards = [_Shard(url, n, off) for (url, n), off in zip(share.shards, offsets)]
-        self.rank, self.world = share.sample_rank, share.sample_world
+        self.shards = [_Shard(url, n) for url, n in share.all_shards]
+        self.rank, self.world = share.rank, share.world
         self.seed, self.start_batch, self.passes, self.decode = seed, start_batch, passes, decode
         self.batch_size = cfg.train.per_rank_batch(share.world)
         self.buffer = sample_shuffle(cfg.data)
@@ -71,51 +70,60 @@ class ShardStream(IterableDataset):
             yield from order
 
     def _read(self, shards: Iterator[_Shard]) -> Iterator[dict]:
-        barren: set[str] = set()  # shards read since this worker last had a sample
+        """The samples of `shards`; an unreadable or short shard is a fault of rank 0 alone
+        (every rank reads it: the ranks' counts are summed)."""
+        barren: set[str] = set()  # shards read since the last readable sample
         for shard in shards:
-            count = kept = 0
+            count = 0
             try:
-                for pos, sample in enumerate(iter_samples(shard.url), shard.offset):
+                for sample in iter_samples(shard.url):
                     count += 1
-                    if pos % self.world == self.rank:  # sample-level split, see RankShards
-                        kept += 1
-                        yield sample
+                    yield sample
             except ShardReadError as e:
-                self.faults.append(e.fault)
-            if count != shard.samples:
+                self.faults += [e.fault] if self.rank == 0 else []
+            if count != shard.samples and self.rank == 0:
                 self.faults.append(Fault(shard.url, "", f"{count} samples instead of {shard.samples}"))
-            barren = set() if kept else barren | {shard.url}
+            barren = set() if count else barren | {shard.url}
             if len(barren) == len(self.shards):
-                raise DataError(f"{shard.url}: none of this rank's {len(self.shards)} shards "
+                raise DataError(f"{shard.url}: none of the group's {len(self.shards)} shards "
                                 f"has a readable sample")
 
-    def _decode(self, samples: Iterator[dict], role: int, skip: int) -> Iterator[dict]:
-        # More failures in a row than two passes and a buffer hold: no sample decodes.
-        hopeless = 2 * sum(s.samples for s in self.shards) + self.buffer
+    def _deal(self, samples: Iterator[dict], role: int, workers: int) -> Iterator[tuple[int, int, dict]]:
+        """(stream position, this rank's batch number, sample) of the samples in this rank's
+        batches from `start_batch` on that worker `role` of `workers` makes."""
+        for position, sample in enumerate(samples):
+            stretch = position // self.batch_size
+            batch = stretch // self.world
+            if stretch % self.world == self.rank and batch % workers == role and batch >= self.start_batch:
+                yield position, batch, sample
+
+    def _decode(self, samples: Iterator[tuple[int, int, dict]]) -> Iterator[tuple[int, dict]]:
+        # More failures in a row than two passes hold: no sample decodes.
+        hopeless = 2 * sum(s.samples for s in self.shards)
         failures = 0
-        for n, sample in enumerate(samples):
-            if n < skip:
-                continue
+        for position, batch, sample in samples:
             try:
                 item = {"key": sample["__key__"], "label": decode_label(sample["cls"])}
                 if self.decode:
                     image = decode_rgb(sample["jpg"], self.max_pixels)
                     with torch.random.fork_rng(devices=[]):  # the CPU generator only:
-                        torch.default_generator.manual_seed(derive_seed(self.seed, role, n))
+                        torch.default_generator.manual_seed(derive_seed(self.seed, position))
                         item["image"] = self.transform(image)
             except (KeyError, ValueError) as e:
                 fault = f"missing member .{e.args[0]}" if isinstance(e, KeyError) else str(e).splitlines()[-1]
                 self.faults.append(Fault(sample["__url__"], sample["__key__"], fault))
                 failures += 1
                 if failures > hopeless:
-                    raise DataError(f"{sample['__url__']}: no sample of this rank's shards decodes "
+                    raise DataError(f"{sample['__url__']}: no sample of this group's shards decodes "
                                     f"(last: {self.faults[-1]})") from None
                 continue
             failures = 0
-            yield item
+            yield batch, item
 
-    def _batch(self, items: Iterator[dict]) -> Iterator[dict]:
-        for chunk in wds.batched(self.batch_size, collation_fn=list, partial=True)(items):
+    def _batch(self, items: Iterator[tuple[int, dict]]) -> Iterator[dict]:
+        """One batch per batch number (a sample that did not decode leaves it one short)."""
+        for _, group in itertools.groupby(items, key=lambda pair: pair[0]):
+            chunk = [item for _, item in group]
             batch = {
                 "keys": [it["key"] for it in chunk],
                 "labels": torch.tensor([it["label"] for it in chunk], dtype=torch.int64),
@@ -132,13 +140,12 @@ class ShardStream(IterableDataset):
         # The DataLoader asks worker 0 first: after skipping `start_batch` batches, worker 0
         # must produce batch `start_batch`, so workers take the roles rotated by it.
         role = (worker + self.start_batch) % workers
-        skip_samples = len(range(role, self.start_batch, workers)) * self.batch_size
         pipeline = wds.DataPipeline(
             self._shard_order,
-            lambda shards: itertools.islice(shards, role, None, workers),
             self._read,
-            wds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(derive_seed(self.seed, role))),
-            lambda samples: self._decode(samples, role, skip_samples),
+            wds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(self.seed)),
+            lambda samples: self._deal(samples, role, workers),
+            self._decode,
             self._batch,
         )
         return iter(pipeline)
