@@ -15,7 +15,7 @@ recall@1/5, then per trainer the means over seeds, their spread (max - min) and 
 oracle's mean (`fidelity`: within `--tolerance` points, or above). `untrained` is the initial
 network's test recall (seed 0), the level learning must clearly exceed.
 
-`--size cpu` (the default on the CPU, about 45 minutes on 2 cores) renders a 96 px world and
+`--size cpu` (the default on the CPU, 38 minutes on 2 cores, README) renders a 96 px world and
 trains on 64 px crops; `--size gpu` (the default with `--device cuda`) is the recipe of the
 fidelity issue: a world rendered at 128 px and upscaled to 512 px, 512 px crops, test at native
 size. Recipe overrides come before the options (`--seeds` takes every number after it).
