@@ -59,6 +59,14 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 2)
 
 
+def dealt(position: int, batch: int, world: int) -> tuple[int, int]:
+    """(rank, that rank's batch number) of a group's stream position: the stream is dealt out
+    in stretches of the per-rank `batch`, stretch c to rank c % world as its batch c // world,
+    so global batch k is one stretch of the stream whatever the number of ranks."""
+    stretch = position // batch
+    return stretch % world, stretch // world
+
+
 def sample_shuffle(data: DataConfig) -> int:
     """The loaders' shuffle buffer, in samples (1: none).
 
@@ -121,5 +129,5 @@ class FaultCounter:
         }
 
 
-__all__ = ["FaultCounter", "RankShards", "TrainLoader", "derive_seed", "rank_shards",
+__all__ = ["FaultCounter", "RankShards", "TrainLoader", "dealt", "derive_seed", "rank_shards",
            "sample_shuffle"]

@@ -38,7 +38,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from dist_geo.config import AugmentConfig, Config
 from dist_geo.distributed import DistContext
 from dist_geo.errors import DataError
-from dist_geo.loaders.contract import FaultCounter, RankShards, derive_seed, sample_shuffle
+from dist_geo.loaders.contract import FaultCounter, RankShards, dealt, derive_seed, sample_shuffle
 from dist_geo.loaders.dali_augment import ParamSource, augment, draws
 from dist_geo.shards.dali_check import DaliImageCheck, dali_error
 from dist_geo.shards.manifest import entry_key_end, index_entries, index_path
@@ -51,13 +51,13 @@ SOURCE_INFO_BYTES = 4096  # "<tar>:<offset>:<key>.jpg", padded so DALIGenericIte
 
 
 @pipeline_def(enable_conditionals=True)
-def _train_pipeline(tars: list[str], indexes: list[str], initial_fill: int, aug: AugmentConfig, image_size: int, gpu: bool,
-                    params: ParamSource, max_pixels: int, keys_only: bool = False):
+def _train_pipeline(tars: list[str], indexes: list[str], initial_fill: int, aug: AugmentConfig,
+                    image_size: int, gpu: bool, params: ParamSource, max_pixels: int,
+                    keys_only: bool = False):
     jpegs, labels = fn.readers.webdataset(
         paths=tars, index_paths=indexes, ext=["jpg", "cls"], dtypes=[types.UINT8, types.INT64],
         missing_component_behavior="error", random_shuffle=initial_fill > 1,
-        initial_fill=initial_fill,
-        pad_last_batch=True, name=READER,
+        initial_fill=initial_fill, pad_last_batch=True, name=READER,
     )
     if keys_only:
         info = fn.get_property(jpegs, key="source_info")
@@ -123,13 +123,13 @@ class DaliTrainLoader:
     def _deal(self, readable: dict[str, list[str]], batch: int) -> None:
         """Index files of this rank's stretches of the group's stream (the tars' `readable`
         samples in order), up to the last whole global batch."""
-        rank, world = self.ctx.rank, self.ctx.world_size
+        world = self.ctx.world_size
         total = sum(len(entries) for entries in readable.values())
         end = total // (batch * world) * (batch * world)
         start = 0
         for tar, entries in readable.items():
             self._use_index(tar, [e for i, e in enumerate(entries, start)
-                                  if i < end and i // batch % world == rank])
+                                  if i < end and dealt(i, batch, world)[0] == self.ctx.rank])
             start += len(entries)
 
     def _use_index(self, tar: str, entries: list[str]) -> None:
@@ -152,7 +152,8 @@ class DaliTrainLoader:
         data = self.cfg.data
         batch_size = self.cfg.train.per_rank_batch(self.ctx.world_size)
         pipe = _train_pipeline(
-            tars=list(self.tars), indexes=list(self.tars.values()), initial_fill=sample_shuffle(data), aug=data.augment, image_size=data.image_size,
+            tars=list(self.tars), indexes=list(self.tars.values()),
+            initial_fill=sample_shuffle(data), aug=data.augment, image_size=data.image_size,
             gpu=self.gpu, params=ParamSource(data.augment, batch_size, self.seed, start_batch),
             max_pixels=data.max_image_pixels, keys_only=self.keys_only, batch_size=batch_size,
             num_threads=max(1, data.num_workers), device_id=self._device_id,

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dist_geo.config import Config
 from dist_geo.errors import DataError
 from dist_geo.loaders.augment import torch_transform
-from dist_geo.loaders.contract import FaultCounter, RankShards, derive_seed, sample_shuffle
+from dist_geo.loaders.contract import FaultCounter, RankShards, dealt, derive_seed, sample_shuffle
 from dist_geo.shards.manifest import decode_label
 from dist_geo.shards.reading import Fault, ShardReadError, decode_rgb, iter_samples
 from dist_geo.signals import ignore_stop_signals
@@ -92,9 +92,8 @@ class ShardStream(IterableDataset):
         """(stream position, this rank's batch number, sample) of the samples in this rank's
         batches from `start_batch` on that worker `role` of `workers` makes."""
         for position, sample in enumerate(samples):
-            stretch = position // self.batch_size
-            batch = stretch // self.world
-            if stretch % self.world == self.rank and batch % workers == role and batch >= self.start_batch:
+            rank, batch = dealt(position, self.batch_size, self.world)
+            if rank == self.rank and batch % workers == role and batch >= self.start_batch:
                 yield position, batch, sample
 
     def _decode(self, samples: Iterator[tuple[int, int, dict]]) -> Iterator[tuple[int, dict]]:
