@@ -21,7 +21,12 @@ are left out of rewritten indexes the same way, and the pipeline is rebuilt. Eac
 out is reported by shard and key like the torch loader's (after a rebuild the stream is no
 longer the one intact shards would give).
 
-DALI's CPU threads are cfg.data.num_workers (at least 1). `start_batch` replays that many
+DALI's CPU threads are cfg.data.num_workers (at least 1). Without a GPU the pipeline runs
+synchronously: a batch is made when the trainer asks for it, with every thread, instead of in
+the background during the step. There the step's convolutions already keep every core busy,
+and a loader thread beside them takes a core from one of their threads, which stalls the
+others at each layer's barrier (measured on 2 cores: README, Training speed). On a GPU the
+step runs on the device and the loader on the idle host cores, ahead of it. `start_batch` replays that many
 batches and drops them: the reader and the random draws advance as they did, but the images
 are not decoded (dali_augment.py), so the stream continues exactly and cheaply.
 """
@@ -157,7 +162,8 @@ class DaliTrainLoader:
             gpu=self.gpu, params=ParamSource(data.augment, batch_size, self.seed, start_batch),
             max_pixels=data.max_image_pixels, keys_only=self.keys_only, batch_size=batch_size,
             num_threads=max(1, data.num_workers), device_id=self._device_id,
-            seed=self.seed % (2**31 - 1),
+            seed=self.seed % (2**31 - 1), exec_async=self.gpu, exec_pipelined=self.gpu,
+            prefetch_queue_depth=2 if self.gpu else 1,  # in step on CPU (module docstring)
         )
         pipe.build()
         outputs = ["images", "labels"] if self.keys_only else ["images", "labels", "too_big"]

@@ -120,6 +120,11 @@ def build_engine(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg, ctx), dist_init_required=False,
     )
+    if ctx.world_size == 1 and cfg.train.zero_stage == 0:
+        # An all-reduce over one rank is the identity, but ZeRO 0 would still copy every
+        # gradient into one flat buffer and back each step (about 25 ms of a 250 ms ResNet-18
+        # step on 2 CPU cores). The engine turns it off itself when it has no process group.
+        engine.enable_backward_allreduce = False
     return engine
 
 

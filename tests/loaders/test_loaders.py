@@ -136,6 +136,14 @@ def test_deterministic_and_exact_resume_with_workers(shard_dir, backend):
     assert not torch.equal(first[0][0], other_epoch[0][0])
 
 
+def test_dali_on_the_cpu_makes_each_batch_when_asked(shard_dir):
+    """Without a GPU the step's convolutions use every core: DALI working beside them in the
+    background would stall them (dali_backend.py), so its pipeline runs in step."""
+    cfg = config(shard_dir, "data.loader=dali", "data.num_workers=2")
+    pipe = build_train_loader(cfg, 0, single_process(), epoch=0)._iter._pipes[0]
+    assert (pipe.exec_async, pipe.exec_pipelined, pipe.num_threads) == (False, False, 2)
+
+
 @pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_night_light_is_the_shared_per_channel_gain(shard_dir, backend):
     """Same seed, night light off vs always on: the same crops, scaled by NIGHT_LIGHT_GAINS."""
