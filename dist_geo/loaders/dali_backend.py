@@ -26,9 +26,11 @@ synchronously: a batch is made when the trainer asks for it, with every thread, 
 the background during the step. There the step's convolutions already keep every core busy,
 and a loader thread beside them takes a core from one of their threads, which stalls the
 others at each layer's barrier (measured on 2 cores: README, Training speed). On a GPU the
-step runs on the device and the loader on the idle host cores, ahead of it. `start_batch` replays that many
-batches and drops them: the reader and the random draws advance as they did, but the images
-are not decoded (dali_augment.py), so the stream continues exactly and cheaply.
+step runs on the device and the loader on the idle host cores, ahead of it.
+
+`start_batch` replays that many batches and drops them: the reader and the random draws
+advance as they did, but the images are not decoded (dali_augment.py), so the stream
+continues exactly and cheaply.
 """
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ from dist_geo.shards.reading import Fault, ShardReadError, iter_samples, judge_i
 log = logging.getLogger(__name__)
 
 READER = "shards"
-SOURCE_INFO_BYTES = 4096  # "<tar>:<offset>:<key>.jpg", padded so DALIGenericIterator gets a dense tensor
+# "<tar>:<offset>:<key>.jpg", padded so that DALIGenericIterator gets a dense tensor
+SOURCE_INFO_BYTES = 4096
 
 
 @pipeline_def(enable_conditionals=True)
@@ -193,8 +196,8 @@ class DaliTrainLoader:
         self.faults.add_all(found)
         for tar, bad in bad_keys.items():
             self._left_out |= {(tar, key) for key in bad}
-            kept = [e for e in index_entries(Path(self.tars[tar])) if entry_key_end(e)[0] not in bad]
-            self._use_index(tar, kept)
+            entries = index_entries(Path(self.tars[tar]))
+            self._use_index(tar, [e for e in entries if entry_key_end(e)[0] not in bad])
         if not self.tars:
             raise DataError("no decodable sample left in this group's shards")
 
@@ -227,7 +230,8 @@ class DaliTrainLoader:
         return self.faults.stats()
 
 
-def dali_pass_keys(share: RankShards, cfg: Config, seed: int, ctx: DistContext) -> list[tuple[str, int]]:
+def dali_pass_keys(share: RankShards, cfg: Config, seed: int,
+                   ctx: DistContext) -> list[tuple[str, int]]:
     """(key, label) of every sample one DALI pass yields on this rank (no decoding)."""
     loader = DaliTrainLoader(share, cfg, seed, ctx, keys_only=True)
     keys = []

@@ -82,13 +82,15 @@ class ShardStream(IterableDataset):
             except ShardReadError as e:
                 self.faults += [e.fault] if self.rank == 0 else []
             if count != shard.samples and self.rank == 0:
-                self.faults.append(Fault(shard.url, "", f"{count} samples instead of {shard.samples}"))
+                self.faults.append(
+                    Fault(shard.url, "", f"{count} samples instead of {shard.samples}"))
             barren = set() if count else barren | {shard.url}
             if len(barren) == len(self.shards):
                 raise DataError(f"{shard.url}: none of the group's {len(self.shards)} shards "
                                 f"has a readable sample")
 
-    def _deal(self, samples: Iterator[dict], role: int, workers: int) -> Iterator[tuple[int, int, dict]]:
+    def _deal(self, samples: Iterator[dict], role: int,
+              workers: int) -> Iterator[tuple[int, int, dict]]:
         """(stream position, this rank's batch number, sample) of the samples in this rank's
         batches from `start_batch` on that worker `role` of `workers` makes."""
         for position, sample in enumerate(samples):
@@ -109,12 +111,13 @@ class ShardStream(IterableDataset):
                         torch.default_generator.manual_seed(derive_seed(self.seed, position))
                         item["image"] = self.transform(image)
             except (KeyError, ValueError) as e:
-                fault = f"missing member .{e.args[0]}" if isinstance(e, KeyError) else str(e).splitlines()[-1]
+                fault = (f"missing member .{e.args[0]}" if isinstance(e, KeyError)
+                         else str(e).splitlines()[-1])
                 self.faults.append(Fault(sample["__url__"], sample["__key__"], fault))
                 failures += 1
                 if failures > hopeless:
-                    raise DataError(f"{sample['__url__']}: no sample of this group's shards decodes "
-                                    f"(last: {self.faults[-1]})") from None
+                    raise DataError(f"{sample['__url__']}: no sample of this group's shards "
+                                    f"decodes (last: {self.faults[-1]})") from None
                 continue
             failures = 0
             yield batch, item
@@ -180,7 +183,8 @@ class TorchTrainLoader:
         return self.faults.stats()
 
 
-def pass_keys(share: RankShards, cfg: Config, seed: int) -> tuple[list[tuple[str, int]], list[Fault]]:
+def pass_keys(share: RankShards, cfg: Config,
+              seed: int) -> tuple[list[tuple[str, int]], list[Fault]]:
     """(key, label) of every sample one pass over this rank's share yields, and the faults met."""
     stream = ShardStream(share, cfg, seed, passes=1, decode=False)
     keys, faults = [], []

@@ -95,8 +95,8 @@ class RunGuard:
         return bool(self.agreed) or (not self.ctx.is_distributed and self.signals.requested)
 
     def preempted(self, epoch: int, batch: int, step: int) -> Preempted:
-        signum = self.agreed or self.signals.signum
         """The error to stop with, the run having been saved at `epoch`, `batch` (`step`)."""
+        signum = self.agreed or self.signals.signum
         return Preempted(
             f"{self.out}: stopped by {signal.Signals(signum).name} at step {step} (epoch {epoch}, "
             f"batch {batch}), saved in checkpoints/last: continue with train.resume=true", signum)

@@ -225,15 +225,13 @@ class Trainer:
                 self.tracker.log_metrics(
                     {"loss": mean, "lr": lr, "classifiers_lr": head_lr(cfg.optim, lr),
                      "images_per_s": speed}, step)
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 \
-                    and batch + 1 < iterations:
+            periodic = cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0
+            if (periodic or self.guard.stop_now) and batch + 1 < iterations:  # else end_epoch
                 self.guard.check(step)  # never save weights that have diverged
                 self.save("last")
-            if self.guard.stop_now and batch + 1 < iterations:  # else end_epoch saves first
-                self.guard.check(step)
-                self.save("last")
-                bar.close()
-                raise self.guard.preempted(**vars(self.state.position))
+                if self.guard.stop_now:  # a signal, or one the ranks just agreed on
+                    bar.close()
+                    raise self.guard.preempted(**vars(self.state.position))
         bar.close()
         move_head(head, head_optimizer, torch.device("cpu"))
         elapsed = time.perf_counter() - started
