@@ -21,7 +21,8 @@ Training normalises with the biased variance and updates the running variance wi
 one, as BatchNorm does. With the head's `world` gradient scale and the engine's average over
 ranks (model/partial_fc.py), the network's gradients are those of one process on the global
 batch. In eval mode, or alone, both are plain BatchNorm; their state dicts are BatchNorm's, so
-checkpoints stay CosPlace's.
+checkpoints stay CosPlace's. On the CPU both directions run in ATen's batch-norm kernels, so
+they round as torch's own BatchNorm does (against float64, both within 1e-5 here).
 """
 from __future__ import annotations
 
