@@ -26,9 +26,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,17 +240,6 @@ def _write_split(city: City, spec: WorldSpec, lay: Layout, split: str, tmp: Path
     return counts
 
 
-def _write_split_atomically(job: tuple) -> tuple[str, dict[str, int], float]:
-    """Write one split into its folder, atomically: (split, its counts, seconds taken)."""
-    city, spec, lay, split, out, seed, namer = job
-    start = time.perf_counter()
-    # A concurrent writer of the same world that finished the split first is kept.
-    with atomic_dir(out / split, replace=False, private=True) as tmp:
-        split_counts = _write_split(city, spec, lay, split, tmp, seed, namer)
-        (tmp / ".counts.json").write_text(json.dumps(split_counts))
-    return split, split_counts, time.perf_counter() - start
-
-
 def _params(seed: int, preset: str, spec: WorldSpec) -> dict:
     return {"version": VERSION, "seed": seed, "preset": preset, **dataclasses.asdict(spec)}
 
@@ -286,29 +273,20 @@ def write_world(out: str | Path, seed: int = 0, preset: str = "demo", **sizes) -
                          block=spec.block, street=spec.street)
     namer = _Namer((ORIGIN_EAST, ORIGIN_NORTH))
     counts: dict[str, int] = {}
-    pending = []
     for split in ("train", "val", "test"):
         final = out / split
         for orphan in remove_orphans(final):
             log.info("%s: removed %s, left by a writer that was killed", out, orphan.name)
         if final.exists():  # finished by an interrupted earlier run with these parameters
             counts.update(json.loads((final / ".counts.json").read_text()))
-        else:
-            pending.append(split)
-    # The splits are independent (every image has its own generator), so they are written in
-    # parallel threads, one per split up to the cores: the work is numpy and JPEG encoding,
-    # which release the GIL (the demo world on 2 cores: 29 s instead of 37 s), and a killed
-    # writer takes its threads with it (processes would live on, writing).
-    jobs = [(city, spec, lay, split, out, seed, namer) for split in pending]
-    workers = min(len(jobs), os.cpu_count() or 1)
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            done = list(pool.map(_write_split_atomically, jobs))
-    else:
-        done = [_write_split_atomically(job) for job in jobs]
-    for split, split_counts, seconds in done:
+            continue
+        start = time.perf_counter()
+        # A concurrent writer of the same world that finished the split first is kept.
+        with atomic_dir(final, replace=False, private=True) as tmp:
+            split_counts = _write_split(city, spec, lay, split, tmp, seed, namer)
+            (tmp / ".counts.json").write_text(json.dumps(split_counts))
         counts.update(split_counts)
-        log.info("%s: %s written in %.1f s (%s)", out, split, seconds, split_counts)
+        log.info("%s: %s written in %.1f s (%s)", out, split, time.perf_counter() - start, split_counts)
     train_list = out / "train" / "images_paths.txt"
     if train_list.exists():
         train_list.replace(images_paths_file(out / "train"))
