@@ -1,9 +1,11 @@
 """Training images/s: DALI loader (CPU here) vs torch shard loader vs a plain folder DataLoader.
 
-All three read the same images of one CosPlace group of a synthetic world (written once and
+All read the same images of one CosPlace group of a synthetic world (written once and
 cached under --out, as are its shards), apply the same augmentations (colour jitter,
 random resized crop, flip, normalisation; dist_geo/loaders/augment.py) and produce the same
-(images, labels) batches, side by side in one run; prints one JSON object. The first
+(images, labels) batches, side by side in one run; prints one JSON object. `dali_cpu` is the
+DALI loader as it runs on a CPU (its colour jitter compiled: fused_jitter.py);
+`dali_cpu_operators` is the same pipeline with the jitter of DALI's operators, the GPU's. The first
 --warmup batches of each (start-up, worker spawn, shuffle-buffer fill) are not timed; each loader runs in a process
 of its own.
 
@@ -33,13 +35,14 @@ from dist_geo.data.groups import build_groups
 from dist_geo.data.synth.writer import write_world
 from dist_geo.data.vg_format import list_images
 from dist_geo.distributed import single_process
+from dist_geo.loaders import dali_augment
 from dist_geo.loaders.augment import torch_transform
 from dist_geo.loaders.factory import build_train_loader
 from dist_geo.shards.reading import decode_rgb
 from dist_geo.shards.writer import write_shards
 
 # One group holding every class (N = L = 1), every class kept: the whole train split.
-LOADERS = ("dali_cpu", "torch_shards", "torch_folder")
+LOADERS = ("dali_cpu", "dali_cpu_operators", "torch_shards", "torch_folder")
 GROUPING = ["data.M=10", "data.alpha=30", "data.N=1", "data.L=1", "data.groups_num=1",
             "data.min_images_per_class=1", "data.sampling=image_uniform",
             "data.augment.hflip=true"]
@@ -82,11 +85,19 @@ def images_per_s(batches, n: int, warmup: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def use_operator_jitter() -> None:
+    """The DALI graph with the GPU's jitter (DALI's operators) wherever it runs."""
+    jitter = dali_augment.color_jitter
+    dali_augment.color_jitter = lambda x, params, aug, fused: jitter(x, params, aug, fused=False)
+
+
 def measure(name: str, cfg: Config, args: argparse.Namespace) -> float:
     if name == "torch_folder":
         batches = endless(folder_loader(cfg))
     else:
-        cfg.data.loader = "dali" if name == "dali_cpu" else "torch"
+        if name == "dali_cpu_operators":
+            use_operator_jitter()
+        cfg.data.loader = "dali" if name.startswith("dali") else "torch"
         batches = build_train_loader(cfg, 0, single_process(), epoch=0)
     return images_per_s(batches, args.batches, args.warmup)
 
