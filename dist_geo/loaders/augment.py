@@ -31,6 +31,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_RATIO = (3 / 4, 4 / 3)
 NIGHT_LIGHT_GAINS = (0.30, 0.38, 0.62)  # R, G, B: a dark, blue-tinted street at night
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's fn_idx values
+GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+PIXEL_MAX = 255.0  # the DALI graphs keep images in 0..PIXEL_MAX (torchvision's 0..1 x 255)
 
 
 def jitter_range(strength: float) -> tuple[float, float]:
@@ -72,7 +75,8 @@ def torch_transform(aug: AugmentConfig, image_size: int) -> v2.Compose:
 
 
 __all__ = [
-    "CROP_RATIO", "IMAGENET_MEAN", "IMAGENET_STD", "NIGHT_LIGHT_GAINS", "NightLight",
+    "BRIGHTNESS", "CONTRAST", "CROP_RATIO", "GRAY", "HUE", "IMAGENET_MEAN", "IMAGENET_STD",
+    "NIGHT_LIGHT_GAINS", "NightLight", "PIXEL_MAX", "SATURATION",
     "flip_probability", "jitter_range", "night_light_probability",
     "torch_transform",
 ]

@@ -38,16 +38,13 @@ from nvidia.dali import fn, types
 
 from dist_geo.config import AugmentConfig
 from dist_geo.loaders.augment import (
-    CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS, flip_probability, jitter_range,
-    night_light_probability,
+    BRIGHTNESS, CONTRAST, CROP_RATIO, GRAY, HUE, IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS,
+    PIXEL_MAX, SATURATION, flip_probability, jitter_range, night_light_probability,
 )
 from dist_geo.loaders.fused_jitter import fused_jitter
 from dist_geo.shards.dali_check import guard_decoding
 
-GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-MAX = 255.0  # the images' range is 0..MAX
 ATTEMPTS = 10  # RandomResizedCrop's tries before its centre-crop fallback
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's fn_idx values
 
 
 def jitter_ranges(aug: AugmentConfig) -> dict[int, tuple[float, float]]:
@@ -98,8 +95,8 @@ class ParamSource:
         mirror = (rng.random(n) < flip_probability(self.aug)).astype(np.int32)
         night = rng.random(n) < night_light_probability(self.aug)
         gains = np.where(night[:, None], np.array(NIGHT_LIGHT_GAINS), 1.0)
-        mean = (MAX * np.array(IMAGENET_MEAN) / gains).astype(np.float32)
-        std = (MAX * np.array(IMAGENET_STD) / gains).astype(np.float32)
+        mean = (PIXEL_MAX * np.array(IMAGENET_MEAN) / gains).astype(np.float32)
+        std = (PIXEL_MAX * np.array(IMAGENET_STD) / gains).astype(np.float32)
         drawn = dict(replay=replay, crop=crop, offset=offset, mirror=mirror, mean=mean, std=std,
                      factors=factors, order=order)
         return tuple(drawn[name] for name in self.names)
@@ -145,11 +142,11 @@ def _gray(x):
 
 
 def _clamp(y):
-    return dmath.min(dmath.max(y, 0.0), MAX)  # (cheaper than dmath.clamp on the CPU)
+    return dmath.min(dmath.max(y, 0.0), PIXEL_MAX)  # (cheaper than dmath.clamp on the CPU)
 
 
 def adjust_brightness(x, b):
-    return dmath.min(x * b, MAX)
+    return dmath.min(x * b, PIXEL_MAX)
 
 
 def adjust_contrast(x, c):

@@ -4,12 +4,13 @@ jitter of DALI's CPU pipelines.
 DALI's arithmetic operators make one full pass over the image per operation, none fused, and
 the conditionals that give each sample its own order of the jitters add their own cost: on
 a CPU, where the loader takes its time from the training step, the operator graph of three
-jitters cost 24 ms per batch of 32 96 px images, against 1 ms for the same formulas as
-loops here (measured side by side on 2 cores: README, Training speed). On a GPU the operator
+jitters cost about 24 ms per batch of 32 96 px images, the same formulas as loops here about
+1 ms (on 2 cores; `dist-geo bench loader` compares the two pipelines: README, Training
+speed). On a GPU the operator
 graph (dali_augment.py) stays: it runs beside the step, and a numba CUDA kernel would need
 the CUDA toolkit's numba support.
 
-The formulas are dali_augment.py's (torchvision's, on 0..MAX floats), each a loop over the
+The formulas are dali_augment.py's (torchvision's, on 0..PIXEL_MAX floats), each a loop over the
 pixels in float32, in the sample's own order: brightness, contrast (its mean grey accumulated
 in float64), saturation and hue (the closed form of `adjust_hue`). The uint8 image is read
 directly: the cast to float is the first loop's load.
@@ -23,9 +24,11 @@ from numba import njit
 from nvidia.dali import types
 from nvidia.dali.plugin.numba import NumbaFunction
 
+from dist_geo.loaders.augment import BRIGHTNESS, CONTRAST, GRAY, PIXEL_MAX, SATURATION
+
 # float32 constants: a float64 literal would turn numba's float32 arithmetic into float64
-R_W, G_W, B_W = (np.float32(w) for w in (0.2989, 0.587, 0.114))  # dali_augment.GRAY
-TOP = np.float32(255.0)  # dali_augment.MAX
+R_W, G_W, B_W = (np.float32(w) for w in GRAY)
+TOP = np.float32(PIXEL_MAX)
 ZERO, ONE, TWO, FOUR, SIX = (np.float32(v) for v in (0, 1, 2, 4, 6))
 HUE_OFFSETS = (np.float32(11), np.float32(9), np.float32(7))  # k's offset for R, G, B
 
@@ -92,18 +95,18 @@ def _hue(out, h):
 
 def _jitter(out, x, factors, order):
     """DALI's per-sample call: `out` (H, W, 3) float32 is uint8 `x` after the jitters of
-    `order` (dali_augment's BRIGHTNESS.. ids), with `factors` [b, c, s, h]."""
+    `order` (augment.py's BRIGHTNESS.. ids), with `factors` [b, c, s, h]."""
     _load(out, x)
     for k in range(order.shape[0]):
         op = order[k]
-        if op == 0:
-            _brightness(out, factors[0])
-        elif op == 1:
-            _contrast(out, factors[1])
-        elif op == 2:
-            _saturation(out, factors[2])
+        if op == BRIGHTNESS:
+            _brightness(out, factors[op])
+        elif op == CONTRAST:
+            _contrast(out, factors[op])
+        elif op == SATURATION:
+            _saturation(out, factors[op])
         else:
-            _hue(out, factors[3])
+            _hue(out, factors[op])
 
 
 def _same_shape(outs, ins):

@@ -19,8 +19,10 @@ from torchvision.transforms.v2 import functional as F
 
 from dist_geo.config import AugmentConfig, build_config
 from dist_geo.distributed import single_process
-from dist_geo.loaders.augment import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS
-from dist_geo.loaders.dali_augment import MAX, ParamSource, augment, color_jitter, crop_box
+from dist_geo.loaders.augment import (
+    CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS, PIXEL_MAX,
+)
+from dist_geo.loaders.dali_augment import ParamSource, augment, color_jitter, crop_box
 from dist_geo.loaders.factory import build_train_loader
 from dist_geo.shards.writer import write_shards
 
@@ -82,7 +84,7 @@ def test_jitters_are_torchvisions_in_every_order(day_jpeg, factors, enabled, fus
         ref = image
         for op in order:
             ref = JITTERS[op](ref, factors[op])
-        got = torch.from_numpy(images[i]).permute(2, 0, 1) / MAX
+        got = torch.from_numpy(images[i]).permute(2, 0, 1) / PIXEL_MAX
         assert (got - ref).abs().max() < 2e-6, order
 
 
@@ -111,7 +113,8 @@ def test_graph_is_torchvisions_augmentation_at_fixed_parameters(day_jpeg, size, 
     crop = np.tile([[h / root], [w / root]], (1, 10))
     offset = np.float32([(top + 0.5) / (height - h + 1), (left + 0.5) / (width - w + 1)])
     gains = np.array(NIGHT_LIGHT_GAINS)
-    mean, std = (np.float32(MAX * np.array(v) / gains) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = (np.float32(PIXEL_MAX * np.array(v) / gains)
+                 for v in (IMAGENET_MEAN, IMAGENET_STD))
     params = {name: [value] * n for name, value in dict(
         replay=np.array(False), crop=crop, offset=offset, mirror=np.array(1, np.int32),
         mean=mean, std=std, factors=np.float32(factors)).items()}
