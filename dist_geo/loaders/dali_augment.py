@@ -41,7 +41,6 @@ from dist_geo.loaders.augment import (
     BRIGHTNESS, CONTRAST, CROP_RATIO, GRAY, HUE, IMAGENET_MEAN, IMAGENET_STD, NIGHT_LIGHT_GAINS,
     PIXEL_MAX, SATURATION, flip_probability, jitter_range, night_light_probability,
 )
-from dist_geo.loaders.fused_jitter import fused_jitter
 from dist_geo.shards.dali_check import guard_decoding
 
 ATTEMPTS = 10  # RandomResizedCrop's tries before its centre-crop fallback
@@ -204,7 +203,8 @@ def color_jitter(x, params: dict, aug: AugmentConfig, fused: bool):
     ops = sorted(jitter_ranges(aug))
     if not ops:
         return fn.cast(x, dtype=types.FLOAT)
-    if fused:
+    if fused:  # numba (LLVM) is loaded by the CPU's pipelines alone
+        from dist_geo.loaders.fused_jitter import fused_jitter
         return fused_jitter()(x, params["factors"], params["order"])
     x = fn.cast(x, dtype=types.FLOAT)
     if len(ops) == 1:
