@@ -5,9 +5,9 @@ cached under --out, as are its shards), apply the same augmentations (colour jit
 random resized crop, flip, normalisation; dist_geo/loaders/augment.py) and produce the same
 (images, labels) batches, side by side in one run; prints one JSON object. `dali_cpu` is the
 DALI loader as it runs on a CPU (its colour jitter compiled: fused_jitter.py);
-`dali_cpu_operators` is the same pipeline with the jitter of DALI's operators, the GPU's. The first
---warmup batches of each (start-up, worker spawn, shuffle-buffer fill) are not timed; each loader runs in a process
-of its own.
+`dali_cpu_operators` is the same pipeline with the jitter of DALI's operators, the GPU's. The
+first --warmup batches of each (start-up, worker spawn, shuffle-buffer fill) are not timed;
+each loader runs in a process of its own.
 
     python bench/loader.py [--images 1000] [--source-size 160] [--image-size 128]
                            [--batch 32] [--batches 20] [--workers 2] [--out runs/bench_loader]

@@ -6,14 +6,13 @@ the conditionals that give each sample its own order of the jitters add their ow
 a CPU, where the loader takes its time from the training step, the operator graph of three
 jitters cost about 24 ms per batch of 32 96 px images, the same formulas as loops here about
 1 ms (on 2 cores; `dist-geo bench loader` compares the two pipelines: README, Training
-speed). On a GPU the operator
-graph (dali_augment.py) stays: it runs beside the step, and a numba CUDA kernel would need
-the CUDA toolkit's numba support.
+speed). On a GPU the operator graph (dali_augment.py) stays: it runs beside the step, and a
+numba CUDA kernel would need the CUDA toolkit's numba support.
 
-The formulas are dali_augment.py's (torchvision's, on 0..PIXEL_MAX floats), each a loop over the
-pixels in float32, in the sample's own order: brightness, contrast (its mean grey accumulated
-in float64), saturation and hue (the closed form of `adjust_hue`). The uint8 image is read
-directly: the cast to float is the first loop's load.
+The formulas are dali_augment.py's (torchvision's, on 0..PIXEL_MAX floats), each a loop over
+the pixels in float32, in the sample's own order: brightness, contrast (its mean grey
+accumulated in float64), saturation and hue (the closed form of `adjust_hue`). The uint8
+image is read directly: the cast to float is the first loop's load.
 """
 from __future__ import annotations
 
