@@ -8,7 +8,8 @@ initialisation, its best epoch by val recall@1 tested on the test split:
 - `oracle`: bench/oracle.py, a plain single-process PyTorch loop of CosPlace's method that
   shares nothing with dist-geo but the network definition;
 - `torch_fp32`, `dali_fp32`: `dist-geo train`, one rank, each loader;
-- `torch_fp32_2ranks`: two data-parallel ranks with the same global batch;
+- `torch_fp32_2ranks`: two data-parallel ranks with the same global batch; `dali_fp32_2ranks`
+  (asked for by name) the same with the DALI loader, as `dist-geo demo` trains on a CPU;
 - `torch_bf16`: bf16 autocast (fp32 master weights); on a GPU also `dali_bf16`, `dali_fp16`.
 The JSON holds, per trainer and seed, the per-epoch losses and val recalls and the test
 recall@1/5, then per trainer the means over seeds, their spread (max - min) and the gap to the
@@ -41,6 +42,7 @@ VARIANTS = {  # name: (loader, precision, ranks)
     "torch_fp32": ("torch", "fp32", 1),
     "dali_fp32": ("dali", "fp32", 1),
     "torch_fp32_2ranks": ("torch", "fp32", 2),
+    "dali_fp32_2ranks": ("dali", "fp32", 2),
     "torch_bf16": ("torch", "bf16", 1),
     "dali_bf16": ("dali", "bf16", 1),
     "dali_fp16": ("dali", "fp16", 1),
