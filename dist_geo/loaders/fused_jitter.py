@@ -32,17 +32,7 @@ ZERO, ONE, TWO, FOUR, SIX = (np.float32(v) for v in (0, 1, 2, 4, 6))
 HUE_OFFSETS = (np.float32(11), np.float32(9), np.float32(7))  # k's offset for R, G, B
 
 
-def _compiled(f):
-    """`f` compiled by numba, with its on-disk cache where numba can write one (next to this
-    file, or in the user's cache folder); a read-only install and home compile it in each
-    process instead of failing to import (numba raises when it finds no cache folder)."""
-    try:
-        return njit(cache=True)(f)
-    except RuntimeError:
-        return njit(f)
-
-
-@_compiled
+@njit
 def _load(out, x):
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
@@ -50,7 +40,7 @@ def _load(out, x):
                 out[i, j, c] = np.float32(x[i, j, c])
 
 
-@_compiled
+@njit
 def _brightness(out, b):
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
@@ -58,7 +48,7 @@ def _brightness(out, b):
                 out[i, j, c] = min(out[i, j, c] * b, TOP)
 
 
-@_compiled
+@njit
 def _contrast(out, c_):
     total = 0.0  # float64: the image's mean grey without float32 accumulation error
     for i in range(out.shape[0]):
@@ -71,7 +61,7 @@ def _contrast(out, c_):
                 out[i, j, c] = min(max(out[i, j, c] * c_ + offset, ZERO), TOP)
 
 
-@_compiled
+@njit
 def _saturation(out, s):
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
@@ -80,7 +70,7 @@ def _saturation(out, s):
                 out[i, j, c] = min(max(out[i, j, c] * s + gray, ZERO), TOP)
 
 
-@_compiled
+@njit
 def _hue(out, h):
     """dali_augment.adjust_hue's closed form, pixel by pixel."""
     shift = h * SIX
@@ -127,9 +117,10 @@ def _same_shape(outs, ins):
 
 @cache
 def fused_jitter() -> NumbaFunction:
-    """The DALI operator of `_jitter`, called as op(uint8 HWC images, factors, order).
-    DALI compiles its wrappers when it is made (about 2 s, so once per process); the loops are
-    compiled once per machine (numba's cache, `_compiled`)."""
+    """The DALI operator of `_jitter`, called as op(uint8 HWC images, factors, order),
+    compiled with DALI's wrappers when it is made: about 3 s, so once per process. Not cached
+    on disk: numba's cache is keyed on this file alone and would keep the constants imported
+    from augment.py as they were when it was written."""
     return NumbaFunction(run_fn=_jitter, setup_fn=_same_shape, out_types=[types.FLOAT],
                          in_types=[types.UINT8, types.FLOAT, types.INT32],
                          outs_ndim=[3], ins_ndim=[3, 1, 1])
